@@ -1,0 +1,16 @@
+"""e2llm: answer questions about whole long documents, read as compressed soft prompts (E2LLM)."""
+from .chunking import Chunk, chunk_spans, chunk_text
+from .config import (AdapterConfig, ChunkingConfig, DecoderConfig, E2LLMConfig, EncoderConfig, LoraSettings,
+                     PromptConfig)
+from .errors import CheckpointError, ConfigError, ContextTooLongError, E2LLMError, InputError, ModelNotFoundError
+from .generation import GenerationResult, TextStream
+from .model import E2LLM
+from .softprompts import SoftPrompts
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "E2LLM", "E2LLMConfig", "EncoderConfig", "DecoderConfig", "AdapterConfig", "ChunkingConfig", "PromptConfig",
+    "LoraSettings", "SoftPrompts", "GenerationResult", "TextStream", "Chunk", "chunk_spans", "chunk_text",
+    "E2LLMError", "ConfigError", "InputError", "ContextTooLongError", "CheckpointError", "ModelNotFoundError",
+]

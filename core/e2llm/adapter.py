@@ -1,0 +1,74 @@
+"""Adapters: encoder token states of a chunk -> k soft-prompt vectors in the decoder's space.
+
+Two kinds, as in the paper:
+- ``pma`` (v2, "vPMA"): k learnable queries attend over all token states of the chunk;
+  keys/values are projected straight to the decoder width; residual + LayerNorm + FFN +
+  LayerNorm.
+- ``mlp`` (v1): the pooled chunk vector through a 2-layer GELU MLP (to k vectors).
+
+Both end in a LayerNorm whose gain starts at the decoder's token-embedding RMS, so soft
+prompts enter the decoder at the scale of ordinary token embeddings from step 0.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import AdapterConfig
+
+
+class PMAAdapter(nn.Module):
+    def __init__(self, enc_dim: int, dec_dim: int, k: int, num_heads: int, ffn_mult: int, output_rms: float):
+        super().__init__()
+        if dec_dim % num_heads:
+            raise ValueError(f"adapter.num_heads ({num_heads}) must divide the decoder width ({dec_dim})")
+        self.k, self.num_heads = k, num_heads
+        self.queries = nn.Parameter(torch.randn(k, dec_dim) * dec_dim**-0.5)
+        self.q_proj = nn.Linear(dec_dim, dec_dim)
+        self.kv_proj = nn.Linear(enc_dim, 2 * dec_dim)  # straight to decoder width
+        self.o_proj = nn.Linear(dec_dim, dec_dim)
+        self.norm1 = nn.LayerNorm(dec_dim)
+        self.ffn = nn.Sequential(nn.Linear(dec_dim, ffn_mult * dec_dim), nn.GELU(), nn.Linear(ffn_mult * dec_dim, dec_dim))
+        self.norm2 = nn.LayerNorm(dec_dim)
+        with torch.no_grad():
+            self.norm2.weight.fill_(output_rms)
+
+    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # states (N, L, De), mask (N, L) with 1 for real tokens -> (N, k, Dd)
+        N, L, _ = states.shape
+        H, Dd = self.num_heads, self.queries.shape[-1]
+        q = self.q_proj(self.queries).view(1, self.k, H, Dd // H).transpose(1, 2).expand(N, H, self.k, Dd // H)
+        kv = self.kv_proj(states).view(N, L, 2, H, Dd // H).permute(2, 0, 3, 1, 4)  # (2, N, H, L, Dh)
+        attn_mask = mask.bool()[:, None, None, :]  # (N, 1, 1, L)
+        x = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=attn_mask)  # (N, H, k, Dh)
+        x = self.o_proj(x.transpose(1, 2).reshape(N, self.k, Dd))
+        h = self.norm1(self.queries + x)  # residual on the (shared) queries
+        return self.norm2(h + self.ffn(h))
+
+
+class MLPAdapter(nn.Module):
+    def __init__(self, enc_dim: int, dec_dim: int, k: int, hidden: int, pooling: str, output_rms: float):
+        super().__init__()
+        self.k, self.pooling = k, pooling
+        self.mlp = nn.Sequential(nn.Linear(enc_dim, hidden), nn.GELU(), nn.Linear(hidden, k * dec_dim))
+        self.norm = nn.LayerNorm(dec_dim)
+        with torch.no_grad():
+            self.norm.weight.fill_(output_rms)
+
+    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # states (N, L, De), mask (N, L) -> (N, k, Dd)
+        if self.pooling == "cls":
+            pooled = states[:, 0]
+        else:
+            m = mask.to(states.dtype).unsqueeze(-1)
+            pooled = (states * m).sum(1) / m.sum(1).clamp(min=1)
+        out = self.mlp(pooled)  # (N, k*Dd)
+        return self.norm(out.view(out.shape[0], self.k, -1))
+
+
+def build_adapter(cfg: AdapterConfig, enc_dim: int, dec_dim: int, pooling: str = "mean") -> nn.Module:
+    rms = cfg.output_rms or 1.0
+    if cfg.kind == "pma":
+        return PMAAdapter(enc_dim, dec_dim, cfg.tokens_per_chunk, cfg.num_heads, cfg.ffn_mult, rms)
+    return MLPAdapter(enc_dim, dec_dim, cfg.tokens_per_chunk, cfg.mlp_hidden_size, pooling, rms)

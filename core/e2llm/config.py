@@ -1,0 +1,137 @@
+"""Configuration: pydantic v2 models that validate themselves and round-trip through JSON.
+
+Every model forbids unknown keys, so a typo in a checkpoint or a YAML file fails loudly
+with the key's name instead of being silently ignored.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class LoraSettings(_Strict):
+    """Low-rank adapter on a frozen backbone. ``r = 0`` switches LoRA off."""
+
+    r: int = Field(8, ge=0, le=512, description="LoRA rank; 0 = no LoRA")
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(default_factory=list, description="empty = model default")
+
+
+class EncoderConfig(_Strict):
+    name_or_path: str = "default"
+    pooling: Literal["mean", "cls"] = "mean"  # only used by the MLP adapter
+    chunks_per_batch: int = Field(64, ge=1, description="bounded batch: memory stays flat for any document")
+    lora: LoraSettings = Field(default_factory=lambda: LoraSettings(r=16, alpha=32, target_modules=["query", "key", "value"]))
+    hidden_size: Optional[int] = Field(None, ge=1, description="filled when the backbone is loaded")
+
+
+class DecoderConfig(_Strict):
+    name_or_path: str = "default"
+    lora: LoraSettings = Field(default_factory=lambda: LoraSettings(r=8, alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    hidden_size: Optional[int] = Field(None, ge=1, description="filled when the backbone is loaded")
+    max_window_tokens: Optional[int] = Field(None, ge=16, description="context window; default: the model's own")
+
+
+class AdapterConfig(_Strict):
+    kind: Literal["pma", "mlp"] = "pma"
+    tokens_per_chunk: int = Field(1, ge=1, le=64, description="k soft tokens per chunk (the paper uses 1)")
+    num_heads: int = Field(4, ge=1, description="PMA heads (the paper found 4 best)")
+    ffn_mult: int = Field(2, ge=1, le=8)
+    mlp_hidden_size: int = Field(1024, ge=8)
+    output_rms: Optional[float] = Field(None, gt=0, description="RMS of the decoder's token embeddings; filled at build")
+
+
+class ChunkingConfig(_Strict):
+    tokens_per_chunk: int = Field(64, ge=8, le=510, description="encoder tokens per chunk")
+    overlap_tokens: int = Field(0, ge=0)
+    min_fill: float = Field(0.5, ge=0.0, le=1.0, description="never back off below this share of the budget")
+
+    @model_validator(mode="after")
+    def _overlap_below_budget(self) -> "ChunkingConfig":
+        if self.overlap_tokens >= self.tokens_per_chunk:
+            raise ValueError(
+                f"overlap_tokens ({self.overlap_tokens}) must be smaller than tokens_per_chunk ({self.tokens_per_chunk})"
+            )
+        return self
+
+
+class PromptConfig(_Strict):
+    system: str = "You are a helpful assistant. Answer briefly from the document."
+    # {document} is where the soft prompts go; {question} is the user's question.
+    user: str = "Document: {document}\n\nQuestion: {question}"
+    reconstruct_question: str = "Repeat the document word for word."
+    raw_passages_header: str = "Passages quoted from the document:"
+    max_new_tokens: int = Field(64, ge=1)
+
+    @model_validator(mode="after")
+    def _has_slots(self) -> "PromptConfig":
+        for slot in ("{document}", "{question}"):
+            if self.user.count(slot) != 1:
+                raise ValueError(f"prompt.user must contain {slot} exactly once, got: {self.user!r}")
+        return self
+
+
+class E2LLMConfig(_Strict):
+    format_version: Literal[1] = 1
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig)
+    decoder: DecoderConfig = Field(default_factory=DecoderConfig)
+    adapter: AdapterConfig = Field(default_factory=AdapterConfig)
+    chunking: ChunkingConfig = Field(default_factory=ChunkingConfig)
+    prompt: PromptConfig = Field(default_factory=PromptConfig)
+    raw_top_n: int = Field(0, ge=0, description="hybrid reading: raw text of the n most similar chunks")
+    trained: bool = Field(False, description="False until a trainer wrote the weights")
+
+    # -- JSON round trip -------------------------------------------------------------
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "config") -> "E2LLMConfig":
+        try:
+            return cls.model_validate(json.loads(text))
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{source}: not valid JSON ({e.msg} at line {e.lineno}); rewrite or restore the file") from None
+        except ValidationError as e:
+            raise ConfigError(f"{source}: {describe_validation_error(e)}") from None
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "E2LLMConfig":
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            return cls.validate_dict(yaml.safe_load(text) or {}, source=str(path))
+        return cls.from_json(text, source=str(path))
+
+    @classmethod
+    def validate_dict(cls, data: dict, source: str = "config") -> "E2LLMConfig":
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            raise ConfigError(f"{source}: {describe_validation_error(e)}") from None
+
+
+def describe_validation_error(e: ValidationError) -> str:
+    """One line per problem, each naming the dotted key: 'adapter.kind: ...'."""
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        if err["type"] == "extra_forbidden":
+            parts.append(f"unknown key '{loc}' (remove it or check its spelling)")
+        else:
+            parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)

@@ -1,0 +1,284 @@
+"""Answering: prepare (chunk, fit the window, encode), splice, and call the decoder's generate.
+
+Mixed into :class:`e2llm.model.E2LLM`; kept apart so the model file stays about building.
+"""
+from __future__ import annotations
+
+import math
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Iterator, Literal, Optional, Sequence
+
+import torch
+from transformers.generation.streamers import BaseStreamer
+
+from .chunking import Chunk
+from .errors import ContextTooLongError, InputError
+from .prompts import PromptLayout
+from .softprompts import Context, SoftPrompts
+from .splice import Spliced, splice
+
+Overflow = Literal["error", "truncate"]
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    prompt_tokens: int  # ordinary tokens the decoder read (instruction, question, raw passages)
+    soft_tokens: int  # soft-prompt vectors the decoder read
+    new_tokens: int
+    context_tokens: int  # encoder tokens of the document(s) that were compressed
+    chunks: list[Chunk] = field(default_factory=list)  # the chunks read, in order
+    dropped_chunks: int = 0  # left out under overflow="truncate"
+    raw_chunks: list[int] = field(default_factory=list)  # indices (into the context's chunks) also read raw
+    chunk_scores: Optional[list[float]] = None  # attention share of each read chunk (citations)
+    finish_reason: str = "length"  # "stop" (end of turn or stop string) or "length"
+
+
+@dataclass
+class _Prepared:
+    pieces: list
+    result: GenerationResult  # text filled in after decoding
+
+
+class _TokenQueue(BaseStreamer):
+    """Receives new token ids from generate() (batch of one) and hands them to a consumer."""
+
+    def __init__(self):
+        self.queue: queue.Queue = queue.Queue()
+        self._prompt_seen = False
+
+    def put(self, value):
+        if not self._prompt_seen:  # generate() first pushes the prompt ids (empty with inputs_embeds)
+            self._prompt_seen = True
+            return
+        self.queue.put(value.reshape(-1).tolist())
+
+    def end(self):
+        self.queue.put(None)
+
+
+class TextStream:
+    """Iterate for text pieces as they are generated; ``.result`` is complete afterwards."""
+
+    def __init__(self, engine, prepared: _Prepared, spliced: Spliced, gen_kwargs: dict, stop: Sequence[str]):
+        self.engine, self.result, self._stop = engine, prepared.result, list(stop or ())
+        self._streamer = _TokenQueue()
+        self._error: BaseException | None = None
+        self.first_token_time: float | None = None
+        self.start_time = time.perf_counter()
+
+        def run():
+            try:
+                engine._run_generate(spliced, gen_kwargs, streamer=self._streamer)
+            except BaseException as e:  # surfaced to the consumer
+                self._error = e
+                self._streamer.end()
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+
+    def __iter__(self) -> Iterator[str]:
+        tok, eos = self.engine.decoder_tokenizer, self.engine._stop_token_ids()
+        ids: list[int] = []
+        emitted = ""
+        hold = max((len(s) for s in self._stop), default=1) - 1  # a stop string may still be forming
+        finished = False
+        while True:
+            item = self._streamer.queue.get()
+            if item is None:
+                break
+            if self.first_token_time is None:
+                self.first_token_time = time.perf_counter()
+            if finished:
+                continue
+            for t in item:
+                if t in eos:
+                    finished, self.result.finish_reason = True, "stop"
+                    break
+                ids.append(t)
+            text = tok.decode(ids, skip_special_tokens=True)
+            cut = _first_stop(text, self._stop)
+            if cut is not None:
+                text, finished, self.result.finish_reason = text[:cut], True, "stop"
+            safe = len(text) if finished else len(text) - hold
+            if text.endswith("\ufffd") and not finished:  # half of a multi-byte character
+                safe = min(safe, len(text) - 1)
+            if safe > len(emitted):
+                piece, emitted = text[len(emitted):safe], text[:safe]
+                yield piece
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        text = tok.decode(ids, skip_special_tokens=True)
+        cut = _first_stop(text, self._stop)
+        text = text if cut is None else text[:cut]
+        if len(text) > len(emitted):
+            yield text[len(emitted):]
+        self.result.text, self.result.new_tokens = text, len(ids)
+
+
+def _first_stop(text: str, stop: Sequence[str]) -> int | None:
+    hits = [i for i in (text.find(s) for s in stop if s) if i >= 0]
+    return min(hits) if hits else None
+
+
+class GenerationMixin:
+    # ---------------------------------------------------------------- preparing one prompt
+    def _prepare(self, question: str, context: Context, *, raw_texts: Sequence[str] = (), raw_top_n: int | None = None,
+                 max_new_tokens: int, overflow: Overflow = "error") -> _Prepared:
+        if not isinstance(question, str) or not question.strip():
+            raise InputError("the question is empty; pass the question to answer")
+        if overflow not in ("error", "truncate"):
+            raise InputError(f"overflow must be 'error' or 'truncate', got {overflow!r}")
+        raw_top_n = self.config.raw_top_n if raw_top_n is None else raw_top_n
+        if raw_top_n < 0:
+            raise InputError(f"raw_top_n must be >= 0, got {raw_top_n}")
+        if context is None:
+            chunks: list[Chunk] = []
+        elif isinstance(context, SoftPrompts):
+            chunks = context.chunks
+        else:
+            chunks = self.chunk(context)
+
+        order = self.rank_chunks(question, chunks) if raw_top_n and chunks else None
+        raw_idx = sorted(order[:raw_top_n]) if order else []
+        raw = [str(t) for t in raw_texts] + [chunks[i].text for i in raw_idx]
+        ids = self.layout.ids(question, raw)
+        k, window = self.config.adapter.tokens_per_chunk, self.window_tokens
+        num_groups = len({c.doc_index for c in chunks})
+        fixed = PromptLayout.num_tokens(ids, num_groups) + max_new_tokens
+        if fixed + (k if chunks else 0) > window:
+            raise ContextTooLongError(
+                f"the prompt takes {fixed - max_new_tokens} tokens (question{', raw passages' if raw else ''} and instruction) "
+                f"+ {max_new_tokens} new tokens, beyond the decoder window of {window} tokens; shorten the question"
+                f"{', lower raw_top_n' if raw_top_n else ''} or lower max_new_tokens")
+        fit = (window - fixed) // k
+        keep = list(range(len(chunks)))
+        if len(chunks) > fit:
+            if overflow == "error":
+                context_tokens = sum(c.num_tokens for c in chunks)
+                need = math.ceil(context_tokens / max(1, fit))
+                raise ContextTooLongError(
+                    f"the document needs {len(chunks)} chunks ({len(chunks) * k} soft tokens) but the decoder window "
+                    f"({window} tokens) fits {fit} chunks with this prompt; use chunks of about {need} tokens "
+                    f"(chunking.tokens_per_chunk is {self.config.chunking.tokens_per_chunk}), fewer soft tokens per chunk, "
+                    f"a smaller max_new_tokens, or overflow='truncate' to keep the {fit} chunks most similar to the question")
+            order = order or self.rank_chunks(question, chunks)
+            keep = sorted(order[:fit])
+
+        if isinstance(context, SoftPrompts):
+            sp = context if len(keep) == len(chunks) else context.select(keep)
+        else:
+            kept = [chunks[i] for i in keep]
+            sp = SoftPrompts(self.encode_chunks(kept), kept)
+        result = GenerationResult(text="", prompt_tokens=fixed - max_new_tokens, soft_tokens=sp.num_soft_tokens,
+                                  new_tokens=0, context_tokens=sum(c.num_tokens for c in chunks), chunks=sp.chunks,
+                                  dropped_chunks=len(chunks) - len(keep), raw_chunks=raw_idx)
+        return _Prepared(self.layout.pieces(ids, sp.groups()), result)
+
+    # ---------------------------------------------------------------- decoding
+    def _stop_token_ids(self) -> set[int]:
+        eos = self._decoder_base.generation_config.eos_token_id
+        eos = eos if isinstance(eos, list) else [eos]
+        return {e for e in eos + [self.decoder_tokenizer.eos_token_id] if e is not None}
+
+    def _gen_kwargs(self, max_new_tokens: int, do_sample: bool, temperature: float, top_p: float, stop: Sequence[str] | None) -> dict:
+        kw = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=self.decoder_tokenizer.pad_token_id,
+                  eos_token_id=sorted(self._stop_token_ids()))
+        # explicit values: the model's generation_config may carry sampling defaults
+        kw.update(temperature=temperature, top_p=top_p, top_k=None) if do_sample else kw.update(temperature=None, top_p=None, top_k=None)
+        if stop:
+            kw.update(stop_strings=list(stop), tokenizer=self.decoder_tokenizer)
+        return kw
+
+    @torch.no_grad()
+    def _run_generate(self, spliced: Spliced, gen_kwargs: dict, streamer=None) -> torch.Tensor:
+        with self.lock:
+            return self._decoder_base.generate(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask,
+                                               streamer=streamer, **gen_kwargs)  # (B, new_tokens)
+
+    def _splice(self, prepared: Sequence[_Prepared]) -> Spliced:
+        return splice([p.pieces for p in prepared], self._decoder_base.get_input_embeddings(), pad_left=True)
+
+    def _decode_batch(self, out: torch.Tensor, results: Sequence[GenerationResult], stop: Sequence[str] | None) -> None:
+        eos = self._stop_token_ids()
+        for row, res in zip(out.tolist(), results):
+            ids = []
+            for t in row:
+                if t in eos:
+                    res.finish_reason = "stop"
+                    break
+                ids.append(t)
+            text = self.decoder_tokenizer.decode(ids, skip_special_tokens=True)
+            cut = _first_stop(text, stop or ())
+            if cut is not None:
+                text, res.finish_reason = text[:cut], "stop"
+            res.text, res.new_tokens = text, len(ids)
+
+    # ---------------------------------------------------------------- public API
+    def generate(self, question: str, context: Context = None, *, raw_texts: Sequence[str] = (), raw_top_n: int | None = None,
+                 max_new_tokens: int | None = None, do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+                 stop: Sequence[str] | None = None, overflow: Overflow = "error", return_citations: bool = False,
+                 return_result: bool = False):
+        """Answer `question` from `context` (a text, a list of texts — one chunk group each — or
+        SoftPrompts from :meth:`encode`). Returns the text, or a GenerationResult if asked."""
+        return self.generate_batch([question], [context], raw_texts=[raw_texts], raw_top_n=raw_top_n, max_new_tokens=max_new_tokens,
+                                   do_sample=do_sample, temperature=temperature, top_p=top_p, stop=stop, overflow=overflow,
+                                   return_citations=return_citations, return_result=return_result)[0]
+
+    def generate_batch(self, questions: Sequence[str], contexts: Sequence[Context], *, raw_texts: Sequence[Sequence[str]] | None = None,
+                       raw_top_n: int | None = None, max_new_tokens: int | None = None, do_sample: bool = False,
+                       temperature: float = 1.0, top_p: float = 1.0, stop: Sequence[str] | None = None,
+                       overflow: Overflow = "error", return_citations: bool = False, return_result: bool = False) -> list:
+        """Several questions, each over its own context, in one left-padded forward pass."""
+        if isinstance(questions, str) or len(questions) != len(contexts):
+            raise InputError(f"generate_batch needs one context per question ({len(questions)} questions, {len(contexts)} contexts)")
+        if not questions:
+            return []
+        raw_texts = raw_texts or [()] * len(questions)
+        max_new = max_new_tokens or self.config.prompt.max_new_tokens
+        prepared = [self._prepare(q, c, raw_texts=r, raw_top_n=raw_top_n, max_new_tokens=max_new, overflow=overflow)
+                    for q, c, r in zip(questions, contexts, raw_texts)]
+        spliced = self._splice(prepared)
+        out = self._run_generate(spliced, self._gen_kwargs(max_new, do_sample, temperature, top_p, stop))
+        results = [p.result for p in prepared]
+        self._decode_batch(out, results, stop)
+        if return_citations:
+            for p in prepared:
+                p.result.chunk_scores = self._citations(p)
+        return results if return_result else [r.text for r in results]
+
+    def stream(self, question: str, context: Context = None, *, raw_texts: Sequence[str] = (), raw_top_n: int | None = None,
+               max_new_tokens: int | None = None, do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+               stop: Sequence[str] | None = None, overflow: Overflow = "error") -> TextStream:
+        """Text pieces as they are generated; the stream's ``.result`` is complete once it ends."""
+        max_new = max_new_tokens or self.config.prompt.max_new_tokens
+        prepared = self._prepare(question, context, raw_texts=raw_texts, raw_top_n=raw_top_n, max_new_tokens=max_new, overflow=overflow)
+        return TextStream(self, prepared, self._splice([prepared]), self._gen_kwargs(max_new, do_sample, temperature, top_p, stop), stop or ())
+
+    @torch.no_grad()
+    def _citations(self, prepared: _Prepared) -> list[float]:
+        """Share of the answer's attention (all layers and heads) that went to each chunk."""
+        res = prepared.result
+        if not res.chunks:
+            return []
+        base = self._decoder_base
+        spliced = self._splice([prepared])
+        answer_ids = self.decoder_tokenizer(res.text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+        embeds = torch.cat([spliced.inputs_embeds[0], base.get_input_embeddings()(answer_ids.to(self.device))])[None]
+        prompt_len = spliced.inputs_embeds.shape[1]
+        with self.lock:
+            previous = base.config._attn_implementation
+            base.set_attn_implementation("eager")  # only eager attention returns the weights
+            try:
+                attentions = base(inputs_embeds=embeds, output_attentions=True).attentions
+            finally:
+                base.set_attn_implementation(previous)
+        att = torch.stack([a[0].float() for a in attentions]).mean((0, 1))  # (T, T) over layers, heads
+        rows = att[prompt_len - 1: max(prompt_len, embeds.shape[1] - 1)]  # positions that predicted the answer
+        per_soft = rows[:, spliced.soft_mask[0].nonzero().squeeze(-1)].mean(0)  # (N * k,)
+        per_chunk = per_soft.view(len(res.chunks), -1).sum(-1)
+        return (per_chunk / per_chunk.sum().clamp(min=1e-12)).tolist()

@@ -1,0 +1,249 @@
+"""E2LLM: a text encoder (+LoRA), an adapter and a decoder LLM (+LoRA), composed.
+
+    context ──chunk──▶ chunks ──encoder──▶ (N, L, De) ──adapter──▶ (N, k, Dd) soft prompts
+    [instruction] soft prompts [question] ──splice──▶ inputs_embeds ──decoder──▶ answer
+
+The HF models are held, never subclassed: the decoder is called with ``inputs_embeds``.
+Generation lives in :mod:`e2llm.generation`; this file builds, encodes, and saves.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from . import defaults
+from .adapter import build_adapter
+from .cache import TensorCache, content_key
+from .checkpoint import check_tensors, read_config, read_tensors, save_checkpoint
+from .chunking import Chunk, chunk_text
+from .config import E2LLMConfig, LoraSettings
+from .errors import CheckpointError, InputError, ModelNotFoundError
+from .generation import GenerationMixin
+from .softprompts import SoftPrompts
+from .prompts import PromptLayout
+
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _load_backbone(kind: str, name: str, dtype: torch.dtype):
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    path = defaults.resolve_encoder(name) if kind == "encoder" else defaults.resolve_decoder(name)
+    cls = AutoModel if kind == "encoder" else AutoModelForCausalLM
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+        model = cls.from_pretrained(path, dtype=dtype)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelNotFoundError(f"could not load the {kind} '{name}' ({first}); pass a local model folder, "
+                                 "or a hub id on a machine that can reach the hub") from None
+    if not getattr(tok, "is_fast", False):
+        raise ModelNotFoundError(f"the {kind} '{name}' has no fast tokenizer; chunk offsets need one")
+    return model, tok
+
+
+def _with_lora(model: nn.Module, lora: LoraSettings, task_type: str) -> nn.Module:
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if lora.r == 0:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                     target_modules=lora.target_modules or None, task_type=task_type)
+    return get_peft_model(model, cfg)
+
+
+class E2LLM(GenerationMixin, nn.Module):
+    """Build with :meth:`build` / :meth:`from_pretrained`; ask with generate / stream / generate_batch."""
+
+    def __init__(self, config: E2LLMConfig, encoder, encoder_tokenizer, decoder, decoder_tokenizer, adapter,
+                 cache_bytes: int = 256 * 2**20):
+        super().__init__()
+        self.config = config
+        self.encoder, self.encoder_tokenizer = encoder, encoder_tokenizer
+        self.decoder, self.decoder_tokenizer = decoder, decoder_tokenizer
+        self.adapter = adapter
+        self.layout = PromptLayout(decoder_tokenizer, config.prompt)
+        self.cache = TensorCache(cache_bytes)
+        self.lock = threading.RLock()  # LoRA on/off toggles and attention switches are global state
+        if decoder_tokenizer.pad_token_id is None:
+            decoder_tokenizer.pad_token = decoder_tokenizer.eos_token
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def build(cls, config: E2LLMConfig | None = None, *, dtype: str = "float32", device: str | None = None,
+              cache_bytes: int = 256 * 2**20) -> "E2LLM":
+        """Backbones from `config`, LoRA attached, a freshly initialised adapter."""
+        config = (config or E2LLMConfig()).model_copy(deep=True)
+        torch_dtype = _DTYPES[dtype]
+        enc, enc_tok = _load_backbone("encoder", config.encoder.name_or_path, torch_dtype)
+        dec, dec_tok = _load_backbone("decoder", config.decoder.name_or_path, torch_dtype)
+        enc_dim, dec_dim = enc.config.hidden_size, dec.get_input_embeddings().weight.shape[1]
+        for part, want, got in (("encoder", config.encoder.hidden_size, enc_dim), ("decoder", config.decoder.hidden_size, dec_dim)):
+            if want is not None and want != got:
+                raise CheckpointError(f"this checkpoint was trained for a {part} of width {want}, but "
+                                      f"'{getattr(config, part).name_or_path}' has width {got}; use the {part} it was trained with")
+        config.encoder.hidden_size, config.decoder.hidden_size = enc_dim, dec_dim
+        if config.adapter.output_rms is None:
+            emb = dec.get_input_embeddings().weight.detach().float()
+            config.adapter.output_rms = round(float(emb.pow(2).mean().sqrt()), 6)
+        enc = _with_lora(enc, config.encoder.lora, "FEATURE_EXTRACTION")
+        dec = _with_lora(dec, config.decoder.lora, "CAUSAL_LM")
+        adapter = build_adapter(config.adapter, enc_dim, dec_dim, config.encoder.pooling).to(torch_dtype)
+        model = cls(config, enc, enc_tok, dec, dec_tok, adapter, cache_bytes)
+        model.eval()
+        return model.to(device) if device else model
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path = "default", *, dtype: str = "float32", device: str | None = None,
+                        cache_bytes: int = 256 * 2**20) -> "E2LLM":
+        """Load a checkpoint folder; "default" is the checkpoint shipped for the default models."""
+        if str(name_or_path) == "default":
+            path = defaults.SHIPPED_CHECKPOINT
+            if not (path / "config.json").exists():
+                warnings.warn("no trained default checkpoint is installed: the adapter is freshly initialised, "
+                              "so answers are not meaningful until you train one (e2llm train)", stacklevel=2)
+                return cls.build(E2LLMConfig(), dtype=dtype, device=device, cache_bytes=cache_bytes)
+        else:
+            path = Path(name_or_path)
+        config = read_config(path)
+        tensors = read_tensors(path)  # fail on a broken file before spending time on backbones
+        model = cls.build(config, dtype=dtype, device=device, cache_bytes=cache_bytes)
+        model.load_trained_state_dict(tensors, source=str(path))
+        return model
+
+    # ------------------------------------------------------------------ trained weights
+    def trained_state_dict(self) -> dict[str, torch.Tensor]:
+        """Only what trains: adapter, encoder LoRA, decoder LoRA."""
+        from peft import get_peft_model_state_dict
+
+        out = {f"adapter.{k}": v for k, v in self.adapter.state_dict().items()}
+        for name in ("encoder", "decoder"):
+            module = getattr(self, name)
+            if hasattr(module, "peft_config"):
+                out.update({f"{name}_lora.{k}": v for k, v in get_peft_model_state_dict(module).items()})
+        return out
+
+    def load_trained_state_dict(self, tensors: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+        from peft import set_peft_model_state_dict
+
+        check_tensors(self.trained_state_dict(), tensors, source)
+        self.adapter.load_state_dict({k[len("adapter."):]: v for k, v in tensors.items() if k.startswith("adapter.")})
+        for name in ("encoder", "decoder"):
+            module, prefix = getattr(self, name), f"{name}_lora."
+            if hasattr(module, "peft_config"):
+                set_peft_model_state_dict(module, {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        self.cache.clear()
+
+    def save_pretrained(self, path: str | Path, dtype: str | None = None) -> None:
+        """config.json + model.safetensors (trained tensors only), written atomically."""
+        tensors = self.trained_state_dict()
+        if dtype:
+            tensors = {k: v.to(_DTYPES[dtype]) for k, v in tensors.items()}
+        save_checkpoint(Path(path), self.config, tensors)
+
+    def num_parameters(self) -> dict[str, int]:
+        total = sum(p.numel() for p in self.parameters())
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return {"total": total, "trainable": trainable}
+
+    @property
+    def device(self) -> torch.device:
+        return self.decoder.get_input_embeddings().weight.device
+
+    @property
+    def window_tokens(self) -> int:
+        return self.config.decoder.max_window_tokens or int(getattr(self._decoder_base.config, "max_position_embeddings", 2048))
+
+    @property
+    def _decoder_base(self) -> nn.Module:
+        return self.decoder.get_base_model() if hasattr(self.decoder, "get_base_model") else self.decoder
+
+    # ------------------------------------------------------------------ chunk + encode
+    def chunk(self, context: str | Sequence[str]) -> list[Chunk]:
+        """Chunks of one document, or of several (each document its own group)."""
+        docs = [context] if isinstance(context, str) else list(context)
+        if not docs:
+            raise InputError("the context has no documents; pass at least one non-empty text")
+        cfg = self.config.chunking
+        chunks: list[Chunk] = []
+        for i, doc in enumerate(docs):
+            if not isinstance(doc, str):
+                raise InputError(f"document {i} is a {type(doc).__name__}, expected text (str)")
+            if not doc.strip():
+                where = "the context" if len(docs) == 1 else f"document {i} of {len(docs)}"
+                raise InputError(f"{where} is empty or whitespace only; pass the text to read")
+            chunks += chunk_text(doc, self.encoder_tokenizer, cfg.tokens_per_chunk, cfg.overlap_tokens, cfg.min_fill, doc_index=i)
+        return chunks
+
+    def encode(self, context: str | Sequence[str] | SoftPrompts) -> SoftPrompts:
+        """Read a document once; the result answers any number of questions."""
+        if isinstance(context, SoftPrompts):
+            return context
+        chunks = self.chunk(context)
+        return SoftPrompts(self.encode_chunks(chunks), chunks)
+
+    @torch.no_grad()
+    def encode_chunks(self, chunks: Sequence[Chunk]) -> torch.Tensor:
+        """(N, k, Dd) soft prompts, from the cache where a chunk was seen before."""
+        keys = [content_key("soft", c.text) for c in chunks]
+        found = [self.cache.get(k) for k in keys]
+        todo = [i for i, t in enumerate(found) if t is None]
+        if todo:
+            fresh = self.soft_prompts([chunks[i].text for i in todo])
+            for j, i in enumerate(todo):
+                found[i] = fresh[j].clone()  # clone: a view would pin the whole batch in the cache
+                self.cache.put(keys[i], found[i])
+        if not found:
+            return torch.empty(0, self.config.adapter.tokens_per_chunk, self.config.decoder.hidden_size)
+        return torch.stack(found)
+
+    def _encoder_batches(self, texts: Sequence[str]):
+        """Yield ((n, L, De) token states, (n, L) mask) in bounded batches (flat memory)."""
+        bs, max_len = self.config.encoder.chunks_per_batch, self.config.chunking.tokens_per_chunk + 2  # + [CLS] [SEP]
+        for i in range(0, len(texts), bs):
+            batch = self.encoder_tokenizer(list(texts[i:i + bs]), padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+            ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
+            yield self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state, mask
+
+    def soft_prompts(self, texts: Sequence[str]) -> torch.Tensor:
+        """(N, k, Dd) soft prompts for chunk texts; differentiable (the trainer calls this)."""
+        with self.lock:
+            outs = [self.adapter(states, mask) for states, mask in self._encoder_batches(texts)]
+        return torch.cat(outs)
+
+    @torch.no_grad()
+    def retrieval_vectors(self, texts: Sequence[str]) -> torch.Tensor:
+        """(N, De) unit sentence embeddings from the encoder *without* its LoRA: the pretrained
+        sentence-embedding model is already a retriever; the LoRA is tuned for the decoder."""
+        keys = [content_key("retr", t) for t in texts]
+        found = [self.cache.get(k) for k in keys]
+        todo = [i for i, t in enumerate(found) if t is None]
+        if todo:
+            off = self.encoder.disable_adapter() if hasattr(self.encoder, "disable_adapter") else contextlib.nullcontext()
+            with self.lock, off:
+                vecs = []
+                for states, mask in self._encoder_batches([texts[i] for i in todo]):
+                    m = mask.unsqueeze(-1).to(states.dtype)
+                    vecs.append(torch.nn.functional.normalize((states * m).sum(1) / m.sum(1).clamp(min=1), dim=-1))
+            fresh = torch.cat(vecs)
+            for j, i in enumerate(todo):
+                found[i] = fresh[j].clone()
+                self.cache.put(keys[i], found[i])
+        return torch.stack(found)
+
+    def rank_chunks(self, question: str, chunks: Sequence[Chunk]) -> list[int]:
+        """Chunk indices, most similar to the question first."""
+        if not chunks:
+            return []
+        q = self.retrieval_vectors([question])[0]
+        sims = self.retrieval_vectors([c.text for c in chunks]) @ q
+        return sims.argsort(descending=True).tolist()

