@@ -1,0 +1,1 @@
+"""Training: offline corpus, synthetic long-document QA, and the trainer."""
