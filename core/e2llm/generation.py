@@ -143,8 +143,7 @@ class GenerationMixin:
         else:
             chunks = self.chunk(context)
 
-        order = self.rank_chunks(question, chunks) if raw_top_n and chunks else None
-        raw_idx = sorted(order[:raw_top_n]) if order else []
+        raw_idx = self.raw_chunk_indices(question, chunks, raw_top_n)
         raw = [str(t) for t in raw_texts] + [chunks[i].text for i in raw_idx]
         ids = self.layout.ids(question, raw)
         k, window = self.config.adapter.tokens_per_chunk, self.window_tokens
@@ -166,8 +165,7 @@ class GenerationMixin:
                     f"({window} tokens) fits {fit} chunks with this prompt; use chunks of about {need} tokens "
                     f"(chunking.tokens_per_chunk is {self.config.chunking.tokens_per_chunk}), fewer soft tokens per chunk, "
                     f"a smaller max_new_tokens, or overflow='truncate' to keep the {fit} chunks most similar to the question")
-            order = order or self.rank_chunks(question, chunks)
-            keep = sorted(order[:fit])
+            keep = sorted(self.rank_chunks(question, chunks)[:fit])  # cached: cheap after raw_chunk_indices
 
         if isinstance(context, SoftPrompts):
             sp = context if len(keep) == len(chunks) else context.select(keep)

@@ -216,8 +216,9 @@ class E2LLM(GenerationMixin, nn.Module):
 
     def soft_prompts(self, texts: Sequence[str]) -> torch.Tensor:
         """(N, k, Dd) soft prompts for chunk texts; differentiable (the trainer calls this)."""
-        with self.lock:
-            outs = [self.adapter(states, mask) for states, mask in self._encoder_batches(texts)]
+        dtype = next(self.adapter.parameters()).dtype
+        with self.lock:  # the adapter may train in float32 over bfloat16 backbones
+            outs = [self.adapter(states.to(dtype), mask) for states, mask in self._encoder_batches(texts)]
         return torch.cat(outs)
 
     @torch.no_grad()
@@ -239,6 +240,10 @@ class E2LLM(GenerationMixin, nn.Module):
                 found[i] = fresh[j].clone()
                 self.cache.put(keys[i], found[i])
         return torch.stack(found)
+
+    def raw_chunk_indices(self, question: str, chunks: Sequence[Chunk], n: int) -> list[int]:
+        """Hybrid reading: the n chunks most similar to the question, in document order."""
+        return sorted(self.rank_chunks(question, chunks)[:n]) if n and chunks else []
 
     def rank_chunks(self, question: str, chunks: Sequence[Chunk]) -> list[int]:
         """Chunk indices, most similar to the question first."""

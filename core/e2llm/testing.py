@@ -23,8 +23,13 @@ def _corpus():
     return [_TEXT * 3, _TEXT.upper(), _TEXT.lower(), "".join(chr(c) for c in range(32, 127))]
 
 
-def build_tiny_backbones(root: str | Path, seed: int = 0, hidden: int = 32, window: int = 1024) -> tuple[str, str]:
-    """Save a tiny BERT encoder and a tiny Llama decoder under `root`; return their folders."""
+def build_tiny_backbones(root: str | Path, seed: int = 0, hidden: int = 32, window: int = 1024,
+                         decoder_init_std: float = 0.3) -> tuple[str, str]:
+    """Save a tiny BERT encoder and a tiny Llama decoder under `root`; return their folders.
+
+    decoder_init_std: at the usual 0.02 a random decoder emits the same token whatever it
+    reads, so "same answer" tests would pass vacuously; a wide init makes answers depend on
+    the question and the document."""
     import torch
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -59,7 +64,8 @@ def build_tiny_backbones(root: str | Path, seed: int = 0, hidden: int = 32, wind
     dec = LlamaForCausalLM(LlamaConfig(vocab_size=len(dec_tok), hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4,
                                        num_key_value_heads=2, intermediate_size=2 * hidden, max_position_embeddings=window,
                                        eos_token_id=dec_tok.eos_token_id, pad_token_id=dec_tok.pad_token_id,
-                                       bos_token_id=dec_tok.bos_token_id, tie_word_embeddings=True))
+                                       bos_token_id=dec_tok.bos_token_id, tie_word_embeddings=True,
+                                       initializer_range=decoder_init_std))
     dec.generation_config.eos_token_id = dec_tok.eos_token_id
     dec_dir = root / "tiny-decoder"
     dec.save_pretrained(dec_dir)

@@ -1,0 +1,119 @@
+"""Training configuration (YAML or JSON), validated like the model config: unknown keys fail."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import Field, model_validator
+
+from ..config import E2LLMConfig, _Strict
+from ..errors import ConfigError
+
+# Training and evaluation split the built-in corpus the same way, so evaluation documents
+# never appear in training (e2llm.eval uses these too).
+SPLIT_SEED = 0
+VAL_FRACTION = 0.1
+
+
+class BuiltinData(_Strict):
+    """The offline corpus (Python's own documentation) as QA and reconstruction samples."""
+
+    num_qa_train: int = Field(1200, ge=0)
+    num_qa_val: int = Field(24, ge=0)
+    num_recon_train: int = Field(4000, ge=0)
+    num_recon_val: int = Field(24, ge=0)
+    qa_context_tokens: tuple[int, int] = (256, 2048)
+    qa_kinds: list[str] = Field(default_factory=lambda: ["single_fact", "two_chunk", "topic"])
+    recon_words: tuple[int, int] = (20, 45)  # about one or two chunks of text
+    hybrid_fraction: float = Field(0.3, ge=0, le=1, description="share of QA samples read in hybrid mode")
+    hybrid_top_n: int = Field(3, ge=1, description="raw chunks those samples also read")
+    seed: int = 0
+
+
+class DataConfig(_Strict):
+    train_jsonl: list[str] = Field(default_factory=list, description="reasoning samples {context, prompt, answer}")
+    val_jsonl: list[str] = Field(default_factory=list)
+    recon_paths: list[str] = Field(default_factory=list, description="folders of .txt/.md, or JSONL with 'text'")
+    builtin: Optional[BuiltinData] = Field(default_factory=BuiltinData)
+    on_error: Literal["raise", "skip"] = "skip"
+
+
+class OptimConfig(_Strict):
+    lr: float = Field(1e-4, gt=0)  # the paper's
+    adapter_lr: Optional[float] = Field(None, gt=0, description="default: lr")
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(50, ge=0)
+    max_steps: int = Field(1000, ge=1)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    batch_size: int = Field(8, ge=1, description="samples per step per objective (global, over all processes)")
+    grad_accum: int = Field(1, ge=1)
+    clip_norm: float = Field(1.0, gt=0)
+    # Frozen backbones are stored in this dtype (bf16 matmuls run ~3x faster on these CPUs and on
+    # GPUs); what trains (adapter, LoRA) and the optimizer state stay float32.
+    backbone_dtype: Literal["float32", "bfloat16"] = "float32"
+
+    @model_validator(mode="after")
+    def _batch_splits(self) -> "OptimConfig":
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of grad_accum ({self.grad_accum})")
+        return self
+
+
+class ObjectiveConfig(_Strict):
+    recon_weight: float = Field(0.5, ge=0, description="lambda in lambda * L_recon + L_reason")
+    recon_only_steps: int = Field(0, ge=0, description="first steps train reconstruction alone")
+    reason: bool = True
+
+
+class TrainConfig(_Strict):
+    model: E2LLMConfig = Field(default_factory=E2LLMConfig)
+    init_from: Optional[str] = Field(None, description="checkpoint to start from (its config replaces `model`)")
+    trainable: Literal["adapter", "adapter+encoder_lora", "all"] = "all"
+    data: DataConfig = Field(default_factory=DataConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    output_dir: str = "runs/e2llm"
+    save_every: int = Field(100, ge=1)
+    keep_last: int = Field(3, ge=1)
+    eval_every: int = Field(100, ge=1)
+    log_every: int = Field(10, ge=1)
+    num_generation_checks: int = Field(8, ge=0)
+    save_dtype: Optional[Literal["float16", "bfloat16", "float32"]] = None
+    seed: int = 0
+    device: str = "auto"
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainConfig":
+        import json
+
+        import yaml
+        from pydantic import ValidationError
+
+        from ..config import describe_validation_error
+
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file") from None
+        try:
+            data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+        except (yaml.YAMLError, json.JSONDecodeError) as e:
+            raise ConfigError(f"{path}: cannot parse ({str(e).splitlines()[0]})") from None
+        try:
+            return cls.model_validate(data or {})
+        except ValidationError as e:
+            raise ConfigError(f"{path}: {describe_validation_error(e)}") from None
+
+
+def config_differences(a: TrainConfig, b: TrainConfig, ignore: tuple[str, ...] = ("optim.max_steps",)) -> list[str]:
+    """Dotted keys whose values differ, for refusing a resume from another config."""
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            key = f"{prefix}{k}"
+            out.update(flat(v, key + ".") if isinstance(v, dict) else {key: v})
+        return out
+
+    fa, fb = flat(a.model_dump(mode="json")), flat(b.model_dump(mode="json"))
+    return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k) and k not in ignore)

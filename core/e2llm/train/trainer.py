@@ -1,0 +1,383 @@
+"""The E2LLM trainer: reconstruction + long-context instruction tuning, in one readable loop.
+
+    loss = recon_weight * L_recon + L_reason        (token-mean cross-entropy per objective)
+
+Both objectives go through the same splice and model as inference. A step's samples are a
+pure function of (seed, step), checkpoints hold model + optimizer + step, so a run killed
+at any moment resumes exactly. Under torchrun / accelerate launch each process takes its
+share of every batch and torch DDP averages gradients; losses are normalised by the
+*global* token count, so N processes follow the same curve as one with the same batch.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME, atomic_write_dir
+from ..errors import InputError
+from ..model import E2LLM
+from ..softprompts import SoftPrompts
+from ..splice import IGNORE_INDEX, splice
+from .config import TrainConfig, config_differences
+from .data import Sample, TrainData, build_data, sample_indices
+
+STATE_NAME, OPTIM_NAME = "trainer_state.json", "optimizer.safetensors"
+
+
+# --------------------------------------------------------------------------- the loss
+class ObjectiveLoss(nn.Module):
+    """Per-sample summed cross-entropy and target-token counts for a list of samples.
+
+    An nn.Module so DDP can wrap it: the engine is held, not subclassed."""
+
+    def __init__(self, engine: E2LLM):
+        super().__init__()
+        self.engine = engine
+
+    def forward(self, samples: Sequence[Sample], with_context: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """with_context=False: the same prompts and targets without the soft prompts (a baseline)."""
+        e = self.engine
+        chunk_lists = [e.chunk(s.context) if with_context else [] for s in samples]
+        texts = [c.text for cl in chunk_lists for c in cl]
+        vectors = e.soft_prompts(texts) if texts else None  # (sum N, k, Dd), with grad
+        pieces, start = [], 0
+        for s, cl in zip(samples, chunk_lists):
+            sp = SoftPrompts(vectors[start:start + len(cl)], cl)
+            start += len(cl)
+            ids = e.layout.ids(s.prompt, raw_passages(e, s, cl))
+            pieces.append(e.layout.pieces(ids, sp.groups(), e.layout.answer_ids(s.answer)))
+        batch = splice(pieces, e._decoder_base.get_input_embeddings(), pad_left=False)
+        labels = batch.labels[:, 1:]  # position t predicts token t + 1
+        keep = (labels != IGNORE_INDEX).any(0).nonzero().squeeze(-1)  # only positions with targets get logits
+        logits = e.decoder(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
+                           position_ids=batch.position_ids, logits_to_keep=keep).logits  # (B, len(keep), V)
+        target = labels[:, keep]
+        ce = F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), ignore_index=IGNORE_INDEX, reduction="none")
+        return ce.view(target.shape).sum(1), (target != IGNORE_INDEX).sum(1)  # (B,), (B,)
+
+
+def raw_passages(engine: E2LLM, s: Sample, chunks) -> list[str]:
+    return list(s.raw_texts) + [chunks[i].text for i in engine.raw_chunk_indices(s.prompt, chunks, s.raw_top_n)]
+
+
+def fits_window(engine: E2LLM, s: Sample) -> bool:
+    """Whether the sample fits the decoder window. Hybrid samples are bounded by their longest
+    chunks instead of running retrieval here (that would encode every chunk at start-up)."""
+    chunks = engine.chunk(s.context)
+    ids = engine.layout.ids(s.prompt, s.raw_texts)
+    longest = sorted((len(c.text) for c in chunks), reverse=True)[: s.raw_top_n]
+    raw_bound = sum(longest) + 4 * s.raw_top_n  # a decoder token covers at least one character
+    total = (len(ids.prefix) + len(ids.suffix) + raw_bound + len(chunks) * engine.config.adapter.tokens_per_chunk
+             + len(engine.layout.answer_ids(s.answer)) + len(ids.separator) * len({c.doc_index for c in chunks}))
+    return total <= engine.window_tokens
+
+
+# --------------------------------------------------------------------------- set-up
+def _dist_info() -> tuple[int, int]:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _device(cfg: TrainConfig, rank: int) -> str:
+    if cfg.device != "auto":
+        return cfg.device
+    return f"cuda:{rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
+
+
+def set_trainable(engine: E2LLM, trainable: str) -> list[dict]:
+    """Freeze what the config says; return optimizer parameter groups (adapter, LoRA)."""
+    for name, p in engine.named_parameters():
+        is_lora = "lora_" in name
+        on = name.startswith("adapter.") or (is_lora and name.startswith("encoder.") and trainable != "adapter") \
+            or (is_lora and name.startswith("decoder.") and trainable == "all")
+        p.requires_grad_(on)
+    adapter = [p for n, p in engine.named_parameters() if p.requires_grad and n.startswith("adapter.")]
+    lora = [p for n, p in engine.named_parameters() if p.requires_grad and not n.startswith("adapter.")]
+    return [g for g in ({"params": adapter, "name": "adapter"}, {"params": lora, "name": "lora"}) if g["params"]]
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to min_lr_ratio; a multiplier of the base lr."""
+    o = cfg.optim
+    if step < o.warmup_steps:
+        return (step + 1) / o.warmup_steps
+    progress = min(1.0, (step - o.warmup_steps) / max(1, o.max_steps - o.warmup_steps))
+    return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# --------------------------------------------------------------------------- checkpoints
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
+    sd = opt.state_dict()
+    tensors = {f"{pid}.{k}": v for pid, st in sd["state"].items() for k, v in st.items() if torch.is_tensor(v)}
+    scalars = {str(pid): {k: v for k, v in st.items() if not torch.is_tensor(v)} for pid, st in sd["state"].items()}
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
+    state: dict = {}
+    for key, v in tensors.items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = v
+    for pid, sc in meta["scalars"].items():
+        state.setdefault(int(pid), {}).update(sc)
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_training_state(path: Path, engine: E2LLM, opt, step: int, cfg: TrainConfig) -> None:
+    """A loadable model checkpoint plus what resuming needs, written atomically."""
+    model_tensors = {k: v.detach().contiguous().cpu() for k, v in engine.trained_state_dict().items()}
+    opt_tensors, opt_meta = _optimizer_tensors(opt)
+
+    def write(tmp: Path) -> None:
+        (tmp / CONFIG_NAME).write_text(engine.config.to_json(), encoding="utf-8")
+        save_file(model_tensors, str(tmp / WEIGHTS_NAME))
+        save_file({k: v.contiguous().cpu() for k, v in opt_tensors.items()}, str(tmp / OPTIM_NAME))
+        state = {"step": step, "optimizer": opt_meta, "train_config": cfg.model_dump(mode="json")}
+        (tmp / STATE_NAME).write_text(json.dumps(state), encoding="utf-8")
+
+    atomic_write_dir(path, write)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = sorted((p for p in (run_dir / "checkpoints").glob("step-*") if (p / STATE_NAME).exists()),
+                   key=lambda p: int(p.name.split("-")[1]))
+    return found[-1] if found else None
+
+
+def _prune(run_dir: Path, keep: int) -> None:
+    found = sorted((run_dir / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    for old in found[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- the loop
+class Trainer:
+    def __init__(self, cfg: TrainConfig, engine: E2LLM | None = None, data: TrainData | None = None):
+        self.cfg = cfg
+        self.rank, self.world = _dist_info()
+        self.device = _device(cfg, self.rank)
+        torch.manual_seed(cfg.seed)
+        if engine is None:
+            dt = cfg.optim.backbone_dtype
+            engine = E2LLM.from_pretrained(cfg.init_from, dtype=dt) if cfg.init_from else E2LLM.build(cfg.model, dtype=dt)
+        self.engine = engine.to(self.device)
+        self.groups = set_trainable(self.engine, cfg.trainable)
+        for g in self.groups:  # trained tensors and their optimizer state in float32, whatever the backbones
+            for p in g["params"]:
+                p.data = p.data.float()
+        if cfg.optim.batch_size // cfg.optim.grad_accum < self.world:
+            raise InputError(f"optim.batch_size / grad_accum ({cfg.optim.batch_size} / {cfg.optim.grad_accum}) must be at least "
+                             f"the number of processes ({self.world}) so every process gets samples")
+        data = data or build_data(cfg.data, self.engine.config.prompt.reconstruct_question)
+        self.data = self._filter(data)
+        self.run_dir = Path(cfg.output_dir)
+        self.loss_fn = ObjectiveLoss(self.engine)
+        self.model = self.loss_fn
+        if self.world > 1:
+            self.model = nn.parallel.DistributedDataParallel(self.loss_fn, device_ids=None if self.device == "cpu" else [self.device])
+        o = cfg.optim
+        self.opt = torch.optim.AdamW([dict(g, lr=(o.adapter_lr or o.lr) if g["name"] == "adapter" else o.lr) for g in self.groups],
+                                     lr=o.lr, weight_decay=o.weight_decay)
+        self.base_lrs = [g["lr"] for g in self.opt.param_groups]
+
+    def _filter(self, data: TrainData) -> TrainData:
+        def keep(samples, what):
+            kept = [s for s in samples if fits_window(self.engine, s)]
+            if len(kept) < len(samples) and self.rank == 0:
+                print(f"e2llm train: skipped {len(samples) - len(kept)} {what} samples longer than the decoder window "
+                      f"({self.engine.window_tokens} tokens)")
+            return kept
+
+        return TrainData(keep(data.reason_train, "reasoning"), keep(data.reason_val, "reasoning validation"),
+                         keep(data.recon_train, "reconstruction"), keep(data.recon_val, "reconstruction validation"))
+
+    def _step_samples(self, step: int) -> list[Sample]:
+        cfg, d = self.cfg, self.data
+        bs = cfg.optim.batch_size
+        out = [d.recon_train[i] for i in sample_indices(len(d.recon_train), step, bs, cfg.seed, "recon")]
+        if cfg.objective.reason and step >= cfg.objective.recon_only_steps:
+            out += [d.reason_train[i] for i in sample_indices(len(d.reason_train), step, bs, cfg.seed, "reason")]
+        return out
+
+    def _weights(self, samples: Sequence[Sample]) -> torch.Tensor:
+        """Per-sample loss weights: objective weight / that objective's global target tokens."""
+        lam = self.cfg.objective.recon_weight
+        tokens = {"recon": 0, "reason": 0}
+        for s in samples:
+            tokens[s.kind] += len(self.engine.layout.answer_ids(s.answer))
+        return torch.tensor([(lam if s.kind == "recon" else 1.0) / tokens[s.kind] for s in samples])
+
+    def _approx_tokens(self, s: Sample) -> int:
+        """Decoder positions a sample takes, roughly (characters / 4), for length bucketing."""
+        chars_per_soft = 4 * self.engine.config.chunking.tokens_per_chunk / self.engine.config.adapter.tokens_per_chunk
+        raw_chars = sum(map(len, s.raw_texts)) + s.raw_top_n * 4 * self.engine.config.chunking.tokens_per_chunk
+        return int((len(s.prompt) + len(s.answer) + raw_chars) / 4 + len(s.context) / chars_per_soft)
+
+    def _resume(self) -> int:
+        ck = latest_checkpoint(self.run_dir)
+        if ck is None:
+            return 0
+        state = json.loads((ck / STATE_NAME).read_text())
+        diff = config_differences(TrainConfig.model_validate(state["train_config"]), self.cfg)
+        if diff:
+            raise InputError(f"cannot resume from {ck}: it was written by a different config ({', '.join(diff[:6])} differ); "
+                             "use the same config or another output_dir")
+        self.engine.load_trained_state_dict(load_file(str(ck / WEIGHTS_NAME)), source=str(ck))
+        _load_optimizer(self.opt, load_file(str(ck / OPTIM_NAME)), state["optimizer"])
+        return state["step"]
+
+    def train(self, resume: bool = False) -> Path:
+        from tqdm import tqdm
+
+        cfg, o = self.cfg, self.cfg.optim
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        start = self._resume() if resume else 0
+        log = _Log(self.run_dir / "log.jsonl", start, enabled=self.rank == 0)
+        if self.rank == 0:
+            print(f"e2llm train: {self.data.describe()}; {sum(p.numel() for g in self.groups for p in g['params']):,} "
+                  f"trainable parameters; {self.world} process(es) on {self.device}; steps {start}..{o.max_steps}")
+        # The engine stays in eval mode: backbone dropout off, so a step is a pure function of
+        # (weights, samples) and resumed or multi-process runs reproduce single-process ones.
+        bar = tqdm(range(start, o.max_steps), initial=start, total=o.max_steps, desc="train", disable=self.rank != 0)
+        for step in bar:
+            t0 = time.perf_counter()
+            for g, base in zip(self.opt.param_groups, self.base_lrs):
+                g["lr"] = base * lr_at(step, cfg)
+            samples = self._step_samples(step)
+            weights = self._weights(samples)
+            sums = torch.zeros(4)  # ce recon, tokens recon, ce reason, tokens reason (this process)
+            # micro-batches of similar length: padding to the longest sample is what costs here
+            order = sorted(range(len(samples)), key=lambda i: self._approx_tokens(samples[i]))
+            micro = math.ceil(len(samples) / o.grad_accum)
+            parts = [order[i:i + micro] for i in range(0, len(order), micro)]
+            for j, idx in enumerate(parts):
+                mine = idx[self.rank::self.world]
+                sync = j == len(parts) - 1
+                with self.model.no_sync() if self.world > 1 and not sync else nullcontext():
+                    ce, count = self.model([samples[i] for i in mine])
+                    loss = (ce * weights[mine].to(ce.device)).sum() * self.world  # DDP averages: undo the /world
+                loss.backward()
+                for c, n, i in zip(ce.detach().cpu(), count.cpu(), mine):
+                    k = 0 if samples[i].kind == "recon" else 2
+                    sums[k] += c
+                    sums[k + 1] += n
+            grad_norm = torch.nn.utils.clip_grad_norm_([p for g in self.groups for p in g["params"]], o.clip_norm)
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+            if self.world > 1:
+                dist.all_reduce(sums)
+            tok_s = float(sums[1] + sums[3]) / (time.perf_counter() - t0)
+            rec = {"step": step + 1, "lr": self.opt.param_groups[0]["lr"], "grad_norm": float(grad_norm), "tokens_per_s": round(tok_s, 1)}
+            if sums[1]:
+                rec["loss_recon"] = float(sums[0] / sums[1])
+            if sums[3]:
+                rec["loss_reason"] = float(sums[2] / sums[3])
+            bar.set_postfix({k: f"{v:.3f}" for k, v in rec.items() if k.startswith("loss")} | {"tok/s": f"{tok_s:.0f}"})
+            if (step + 1) % cfg.log_every == 0 or step == start:
+                log.write(rec)
+            if (step + 1) % cfg.eval_every == 0 or step + 1 == o.max_steps:
+                log.write({"step": step + 1, **self.validate()})
+                if self.rank == 0:
+                    plot_log(self.run_dir / "log.jsonl", self.run_dir / "loss.png")
+            if (step + 1) % cfg.save_every == 0 or step + 1 == o.max_steps:
+                if self.rank == 0:
+                    save_training_state(self.run_dir / "checkpoints" / f"step-{step + 1:06d}", self.engine, self.opt, step + 1, cfg)
+                    _prune(self.run_dir, cfg.keep_last)
+                self._barrier()
+        final = self.run_dir / "model"
+        if self.rank == 0:
+            self.engine.config.trained = True
+            self.engine.save_pretrained(final, dtype=cfg.save_dtype)
+        self._barrier()
+        return final
+
+    def _barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """Validation loss per objective and a small greedy generation check."""
+        self.engine.cache.clear()  # weights changed since the last look
+        out = {}
+        for kind, samples in (("recon", self.data.recon_val), ("reason", self.data.reason_val)):
+            if not samples:
+                continue
+            ce_sum = n_sum = 0.0
+            for i in range(0, len(samples), 8):
+                ce, n = self.loss_fn(samples[i:i + 8])
+                ce_sum, n_sum = ce_sum + float(ce.sum()), n_sum + float(n.sum())
+            out[f"val_loss_{kind}"] = ce_sum / max(1.0, n_sum)
+        checks = self.data.reason_val[: self.cfg.num_generation_checks]
+        if checks and self.rank == 0:
+            answers = self.engine.generate_batch([s.prompt for s in checks], [s.context for s in checks],
+                                                 raw_texts=[s.raw_texts for s in checks], raw_top_n=0, max_new_tokens=24)
+            out["val_answer_contained"] = sum(_norm(s.answer) in _norm(a) for s, a in zip(checks, answers)) / len(checks)
+        return out
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"\W+", " ", text.lower()).strip()
+
+
+class _Log:
+    """JSONL log; a resumed run drops entries past the checkpoint it resumed from."""
+
+    def __init__(self, path: Path, start_step: int, enabled: bool):
+        self.path, self.enabled = path, enabled
+        if enabled and path.exists():
+            kept = [l for l in path.read_text().splitlines() if l.strip() and _step_of(l) <= start_step]
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text("".join(l + "\n" for l in kept))
+            os.replace(tmp, path)
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def _step_of(line: str) -> int:
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (json.JSONDecodeError, AttributeError):
+        return 1 << 60  # a half-written last line from a killed run: drop it
+
+
+def plot_log(log_path: Path, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recs = [json.loads(l) for l in log_path.read_text().splitlines() if l.strip()]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, style in (("loss_recon", "-"), ("loss_reason", "-"), ("val_loss_recon", "o--"), ("val_loss_reason", "o--")):
+        pts = [(r["step"], r[key]) for r in recs if key in r]
+        if pts:
+            ax.plot(*zip(*pts), style, label=key)
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats / token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = png.with_name(png.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, png)

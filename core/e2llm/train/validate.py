@@ -1,0 +1,71 @@
+"""``e2llm validate``: what a checkpoint learned about reading soft prompts, on held-out text.
+
+Reconstruction on chunks of held-out documents (never trained on): the decoder's loss on
+the chunk's text given its soft prompt vs. the same prompt without it (nats per token), and
+greedy reconstruction ROUGE-L. QA on long held-out documents is `e2llm eval`'s job.
+"""
+from __future__ import annotations
+
+import torch
+
+from .config import SPLIT_SEED, VAL_FRACTION
+from .corpus import load_corpus, split_documents
+from .data import recon_samples
+from .synth import make_reconstruction_texts
+from .trainer import ObjectiveLoss
+
+VALIDATE_SEED = 7  # not a training seed: other windows of the held-out documents
+
+
+@torch.no_grad()
+def reconstruction_report(engine, num_texts: int = 24, words: int = 30, batch: int = 8) -> dict:
+    from tqdm import tqdm
+
+    from ..eval.metrics import rouge_l
+
+    _, val_docs = split_documents(load_corpus(), SPLIT_SEED, VAL_FRACTION)
+    samples = recon_samples(make_reconstruction_texts(val_docs, num_texts, VALIDATE_SEED, words),
+                            engine.config.prompt.reconstruct_question)
+    loss_fn = ObjectiveLoss(engine)
+    sums = {True: [0.0, 0], False: [0.0, 0]}
+    rouge = []
+    for i in tqdm(range(0, len(samples), batch), desc="validate", unit="batch"):
+        part = samples[i:i + batch]
+        for with_context in (True, False):
+            ce, n = loss_fn(part, with_context=with_context)
+            sums[with_context][0] += float(ce.sum())
+            sums[with_context][1] += int(n.sum())
+        budget = max(len(engine.layout.answer_ids(s.answer)) for s in part) + 8
+        outs = engine.generate_batch([s.prompt for s in part], [s.context for s in part], raw_top_n=0, max_new_tokens=budget)
+        rouge += [rouge_l(o, [s.answer]) for o, s in zip(outs, part)]
+    return {
+        "num_chunks": len(samples),
+        "loss_with_soft_prompt": sums[True][0] / sums[True][1],
+        "loss_without": sums[False][0] / sums[False][1],
+        "rouge_l": sum(rouge) / len(rouge),
+        "example": {"text": samples[0].answer},
+    }
+
+
+def add_parser(sub, model_args) -> None:
+    p = sub.add_parser("validate", help="held-out reconstruction: loss with vs without soft prompts, ROUGE-L")
+    p.add_argument("--num-texts", type=int, default=24)
+    p.add_argument("--words", type=int, default=30, help="words per held-out text (about one chunk)")
+    model_args(p)
+
+    def run(args) -> int:
+        from ..cli import _load
+
+        engine = _load(args)
+        r = reconstruction_report(engine, args.num_texts, args.words)
+        first = engine.generate(engine.config.prompt.reconstruct_question, r["example"]["text"], raw_top_n=0,
+                                max_new_tokens=len(engine.layout.answer_ids(r["example"]["text"])) + 8)
+        print(f"held-out reconstruction, {r['num_chunks']} texts of ~{args.words} words:")
+        print(f"  loss given the soft prompt : {r['loss_with_soft_prompt']:.3f} nats/token")
+        print(f"  loss without it            : {r['loss_without']:.3f} nats/token")
+        print(f"  greedy ROUGE-L             : {r['rouge_l']:.3f}")
+        print(f"  example text   : {r['example']['text'][:200]!r}")
+        print(f"  reconstruction : {first[:200]!r}")
+        return 0
+
+    p.set_defaults(func=run)

@@ -1,0 +1,174 @@
+"""Trainer: objectives, schedule, data order, faults (SIGKILL + resume), and two-process DDP."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from e2llm import ConfigError, E2LLM, InputError
+from e2llm.train import Sample, TrainConfig, TrainData, Trainer
+from e2llm.train.data import load_reason, sample_indices
+from e2llm.train.trainer import lr_at
+
+ROOT = Path(__file__).resolve().parents[1]
+TEXTS = [
+    "The red fox lives in the northern forest and hunts at night.",
+    "Seven blue whales sang together in the cold southern sea.",
+    "A small robot painted the old bridge yellow on Tuesday.",
+    "The library keeps four thousand maps of the ancient coast.",
+]
+
+
+def tiny_train_config(backbones, out_dir, **optim):
+    from e2llm.testing import tiny_config
+
+    return TrainConfig.model_validate({
+        "model": tiny_config(*backbones).model_dump(),
+        "data": {"builtin": None},
+        "optim": {"max_steps": 6, "batch_size": 4, "warmup_steps": 1, "lr": 3e-3, **optim},
+        "output_dir": str(out_dir), "save_every": 2, "eval_every": 100, "log_every": 1, "num_generation_checks": 0,
+    })
+
+
+def tiny_data():
+    recon = [Sample("recon", t, "Repeat the document word for word.", t) for t in TEXTS]
+    reason = [Sample("reason", t, "What is this about?", t.split()[1]) for t in TEXTS]
+    return TrainData(reason, reason[:2], recon, recon[:2])
+
+
+def losses(run_dir):
+    recs = [json.loads(l) for l in (Path(run_dir) / "log.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss_recon"], r.get("loss_reason")) for r in recs if "loss_recon" in r]
+
+
+def test_lr_schedule():
+    cfg = TrainConfig.model_validate({"optim": {"warmup_steps": 10, "max_steps": 110, "min_lr_ratio": 0.1}})
+    assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(60, cfg) == pytest.approx(0.55) and lr_at(110, cfg) == pytest.approx(0.1)
+
+
+def test_sample_order_is_a_function_of_the_step():
+    a = [sample_indices(10, s, 4, 0, "recon") for s in range(5)]
+    assert a == [sample_indices(10, s, 4, 0, "recon") for s in range(5)]
+    first_epoch = sum(a, [])[:10]
+    assert sorted(first_epoch) == list(range(10))  # each epoch is a permutation
+    assert a != [sample_indices(10, s, 4, 1, "recon") for s in range(5)]
+
+
+def test_config_errors(tmp_path):
+    p = tmp_path / "t.yaml"
+    p.write_text("optim:\n  lr: 1e-4\n  momentum: 0.9\n")
+    with pytest.raises(ConfigError, match="unknown key 'optim.momentum'"):
+        TrainConfig.load(p)
+    with pytest.raises(ConfigError, match="multiple of grad_accum"):
+        TrainConfig.load(_write(tmp_path / "b.json", {"optim": {"batch_size": 3, "grad_accum": 2}}))
+
+
+def _write(path, data):
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_malformed_jsonl_is_reported_with_its_line(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_text('{"context": "a b", "prompt": "q", "answer": "a"}\n{oops\n{"context": "", "prompt": "q", "answer": "a"}\n')
+    from e2llm.train.corpus import DataError
+
+    with pytest.raises(DataError, match=r"d.jsonl:2"):
+        load_reason(str(p), on_error="raise")
+    with pytest.warns(UserWarning, match=r"d.jsonl:3"):
+        assert len(load_reason(str(p), on_error="skip")) == 1
+    assert len(load_reason([{"context": "x", "prompt": "y", "answer": "z"}])) == 1
+
+
+def test_training_lowers_the_loss_and_writes_a_loadable_model(tiny_backbones, tmp_path):
+    cfg = tiny_train_config(tiny_backbones, tmp_path / "run", max_steps=25, lr=3e-2)
+    final = Trainer(cfg, data=tiny_data()).train()
+    curve = losses(tmp_path / "run")
+    assert curve[-1][1] < curve[0][1] - 0.5 and curve[-1][2] < curve[0][2] - 2.0
+    assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
+    model = E2LLM.from_pretrained(final)
+    assert model.config.trained
+    kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert kept == ["step-000022", "step-000024", "step-000025"]  # keep_last = 3
+
+
+def test_overlong_samples_are_skipped(tiny_backbones, tmp_path, capsys):
+    cfg = tiny_train_config(tiny_backbones, tmp_path / "run", max_steps=1)
+    data = tiny_data()
+    data.reason_train.append(Sample("reason", "short", "q", "word " * 2000))
+    trainer = Trainer(cfg, data=data)
+    assert len(trainer.data.reason_train) == len(TEXTS)
+    assert "skipped 1 reasoning samples longer than the decoder window" in capsys.readouterr().out
+
+
+def test_resume_refuses_another_config(tiny_backbones, tmp_path):
+    Trainer(tiny_train_config(tiny_backbones, tmp_path / "run", max_steps=2), data=tiny_data()).train()
+    other = tiny_train_config(tiny_backbones, tmp_path / "run", max_steps=4, lr=1e-2)
+    with pytest.raises(InputError, match="optim.lr"):
+        Trainer(other, data=tiny_data()).train(resume=True)
+
+
+# ------------------------------------------------------------------ processes
+SCRIPT = """
+import sys, json
+from e2llm.train import TrainConfig, Trainer, Sample, TrainData
+sys.path.insert(0, {tests!r})
+from test_train import tiny_data
+cfg = TrainConfig.model_validate(json.load(open(sys.argv[1])))
+Trainer(cfg, data=tiny_data()).train(resume="--resume" in sys.argv)
+"""
+
+
+def _env():
+    return dict(os.environ, PYTHONPATH=f"{ROOT / 'core'}{os.pathsep}{ROOT}", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+
+
+def _script(tmp_path, cfg):
+    script = tmp_path / "train_script.py"
+    script.write_text(SCRIPT.format(tests=str(ROOT / "tests")))
+    cfg_path = tmp_path / f"cfg-{Path(cfg.output_dir).name}.json"
+    cfg_path.write_text(cfg.model_dump_json())
+    return script, cfg_path
+
+
+def test_sigkill_then_resume_matches_uninterrupted(tiny_backbones, tmp_path):
+    steps = 8
+    ref = tiny_train_config(tiny_backbones, tmp_path / "ref", max_steps=steps)
+    Trainer(ref, data=tiny_data()).train()
+
+    cfg = tiny_train_config(tiny_backbones, tmp_path / "killed", max_steps=steps)
+    script, cfg_path = _script(tmp_path, cfg)
+    proc = subprocess.Popen([sys.executable, str(script), str(cfg_path)], env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ck = tmp_path / "killed" / "checkpoints" / "step-000004"
+    deadline = time.time() + 240
+    while not ck.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # mid-run, possibly mid-write of the next checkpoint
+    proc.wait()
+    assert ck.exists(), proc.stderr.read().decode()[-2000:]
+    done = subprocess.run([sys.executable, str(script), str(cfg_path), "--resume"], env=_env(), capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    a, b = losses(tmp_path / "ref"), losses(tmp_path / "killed")
+    assert [s for s, *_ in b] == list(range(1, steps + 1))  # no step lost or repeated in the log
+    for (_, ra, rb), (_, ka, kb) in zip(a, b):
+        assert ka == pytest.approx(ra, rel=1e-4) and kb == pytest.approx(rb, rel=1e-4)
+
+
+def test_two_processes_follow_the_single_process_curve(tiny_backbones, tmp_path):
+    one = tiny_train_config(tiny_backbones, tmp_path / "one", max_steps=4)
+    Trainer(one, data=tiny_data()).train()
+    two = tiny_train_config(tiny_backbones, tmp_path / "two", max_steps=4)
+    script, cfg_path = _script(tmp_path, two)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+                           str(script), str(cfg_path)], env=_env(), capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert len(a) == len(b) == 4
+    for (_, ra, rb), (_, ka, kb) in zip(a, b):
+        assert ka == pytest.approx(ra, rel=1e-3) and kb == pytest.approx(rb, rel=1e-3)
