@@ -1,0 +1,187 @@
+"""The systems compared, all on the same decoder and the same questions.
+
+- ``e2llm``: every chunk compressed into k soft tokens, nothing raw (raw_top_n=0).
+- ``e2llm_hybrid``: the same, plus the raw text of the ``raw_top_n`` chunks the retriever
+  ranks highest (default 2).
+- ``rag``: no soft tokens; the chunks the retriever ranks highest, as raw text, accumulated
+  in rank order until their decoder tokens reach the soft tokens e2llm reads for the same
+  item (at least one chunk), then put back in document order. Same chunking, same
+  retriever (:meth:`E2LLM.rank_chunks`: the encoder with its LoRA off).
+- ``full``: the whole document as raw text, only where it fits the decoder window; else
+  the result is ``n/a (exceeds window)``, never a truncated document.
+- ``none``: the question alone: the floor every system should beat.
+
+Decoder LoRA: the e2llm systems use the engine as is; ``rag``, ``full`` and ``none`` read
+plain text, by default with the decoder's LoRA switched off (the instruct model as
+released), or with it on (``baseline_lora=True``, ``--baseline-lora on``).
+
+Latency: chunk encodings are measured once per item from an empty cache
+(:func:`prepare_item`) and charged to the systems that need them, so each system's latency
+is what it costs from scratch: e2llm = chunk + encode + answer; hybrid = chunk + encode +
+retrieval index + answer; rag = chunk + retrieval index + answer; full, none = answer.
+Peak memory is the largest of those stages' peaks.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+from ..bench import PeakMemory
+from ..chunking import Chunk
+from ..errors import ContextTooLongError
+from ..prompts import PromptLayout
+from ..softprompts import SoftPrompts
+
+SYSTEMS = ("e2llm", "e2llm_hybrid", "rag", "full", "none")
+E2LLM_SYSTEMS = frozenset({"e2llm", "e2llm_hybrid"})
+PLAIN_TEXT_SYSTEMS = frozenset({"rag", "full", "none"})  # decoder LoRA per baseline_lora
+NEEDS_SOFT = frozenset({"e2llm", "e2llm_hybrid"})
+NEEDS_RETRIEVAL = frozenset({"e2llm_hybrid", "rag"})
+NEEDS_CHUNKS = NEEDS_SOFT | NEEDS_RETRIEVAL
+NA_WINDOW = "n/a (exceeds window)"
+
+
+@dataclass(frozen=True)
+class SystemSettings:
+    raw_top_n: int = 2
+    baseline_lora: bool = False
+    max_new_tokens: int = 32
+
+
+@dataclass
+class Prepared:
+    """One item read by one engine, with what each stage cost from an empty cache."""
+
+    chunks: list[Chunk]
+    soft: Optional[SoftPrompts] = None
+    chunk_s: float = 0.0
+    encode_s: float = 0.0
+    retrieve_s: float = 0.0
+    chunk_mem_mb: float = 0.0
+    encode_mem_mb: float = 0.0
+    retrieve_mem_mb: float = 0.0
+
+    def charged(self, system: str) -> tuple[float, float]:
+        """(seconds, peak MB) of the shared stages that ``system`` needs."""
+        seconds, mem = 0.0, 0.0
+        if system in NEEDS_CHUNKS:
+            seconds, mem = self.chunk_s, self.chunk_mem_mb
+        if system in NEEDS_SOFT:
+            seconds, mem = seconds + self.encode_s, max(mem, self.encode_mem_mb)
+        if system in NEEDS_RETRIEVAL:
+            seconds, mem = seconds + self.retrieve_s, max(mem, self.retrieve_mem_mb)
+        return seconds, mem
+
+
+@dataclass
+class Outcome:
+    status: str  # "ok" or NA_WINDOW
+    text: str = ""
+    prompt_tokens: int = 0  # ordinary tokens read (instruction, question, raw passages)
+    soft_tokens: int = 0
+    new_tokens: int = 0
+    raw_chunks: list[int] = field(default_factory=list)  # chunks also read as raw text (hybrid, rag)
+    dropped_chunks: int = 0
+    finish_reason: str = ""
+    call_s: float = 0.0  # the answering call alone
+    latency_s: float = 0.0  # call_s + the shared stages this system needs
+    peak_mem_mb: float = 0.0
+    rag_budget_tokens: Optional[int] = None
+
+    @property
+    def decoder_tokens(self) -> int:
+        return self.prompt_tokens + self.soft_tokens
+
+
+def prepare_item(engine, context: str, systems: Sequence[str]) -> Prepared:
+    """Chunk, encode and index ``context`` as the given systems need, timing each stage
+    from an empty cache; later calls hit the cache (their cost is charged from here)."""
+    engine.cache.clear()
+    prepared = Prepared(chunks=[])
+    if not set(systems) & NEEDS_CHUNKS:
+        return prepared
+    with PeakMemory(engine.device) as mem:
+        start = time.perf_counter()
+        prepared.chunks = engine.chunk(context)
+        prepared.chunk_s = time.perf_counter() - start
+    prepared.chunk_mem_mb = mem.peak_mb
+    if set(systems) & NEEDS_SOFT:
+        with PeakMemory(engine.device) as mem:
+            start = time.perf_counter()
+            prepared.soft = SoftPrompts(engine.encode_chunks(prepared.chunks), prepared.chunks)
+            prepared.encode_s = time.perf_counter() - start
+        prepared.encode_mem_mb = mem.peak_mb
+    if set(systems) & NEEDS_RETRIEVAL:
+        with PeakMemory(engine.device) as mem:
+            start = time.perf_counter()
+            engine.retrieval_vectors([c.text for c in prepared.chunks])
+            prepared.retrieve_s = time.perf_counter() - start
+        prepared.retrieve_mem_mb = mem.peak_mb
+    return prepared
+
+
+def e2llm_soft_tokens(engine, question: str, num_chunks: int, max_new_tokens: int) -> int:
+    """Soft tokens ``e2llm`` reads for this question: every chunk's k, or as many chunks as
+    the window holds (it runs with overflow='truncate'), as the engine computes it."""
+    k = engine.config.adapter.tokens_per_chunk
+    fixed = PromptLayout.num_tokens(engine.layout.ids(question), 1) + max_new_tokens
+    return min(num_chunks, max(0, (engine.window_tokens - fixed) // k)) * k
+
+
+def select_rag_chunks(order: Sequence[int], count_tokens: Callable[[int], int], budget_tokens: int) -> tuple[list[int], int]:
+    """Chunks in rank order until their decoder tokens reach ``budget_tokens`` (at least one
+    chunk, so the last may go past it); returns (indices in document order, tokens)."""
+    picked, total = [], 0
+    for index in order:
+        if picked and total >= budget_tokens:
+            break
+        picked.append(index)
+        total += count_tokens(index)
+    return sorted(picked), total
+
+
+@contextlib.contextmanager
+def decoder_lora(engine, enabled: bool):
+    """Switch the decoder's LoRA off for the block unless ``enabled`` (global state: locked)."""
+    if enabled or not hasattr(engine.decoder, "disable_adapter"):
+        yield
+        return
+    with engine.lock, engine.decoder.disable_adapter():
+        yield
+
+
+def run_system(engine, system: str, question: str, context: str, prepared: Prepared,
+               settings: SystemSettings, stop: Sequence[str] = ()) -> Outcome:
+    """Answer ``question`` about ``context`` with ``system`` (greedy); n/a when it cannot fit."""
+    if system not in SYSTEMS:
+        raise ValueError(f"unknown system {system!r}")
+    kwargs = dict(max_new_tokens=settings.max_new_tokens, stop=list(stop) or None, return_result=True)
+    budget = None
+    lora_on = settings.baseline_lora or system in E2LLM_SYSTEMS
+    try:
+        with PeakMemory(engine.device) as mem, decoder_lora(engine, lora_on):
+            start = time.perf_counter()
+            if system in E2LLM_SYSTEMS:
+                raw_top_n = settings.raw_top_n if system == "e2llm_hybrid" else 0
+                result = engine.generate(question, prepared.soft, raw_top_n=raw_top_n, overflow="truncate", **kwargs)
+            elif system == "rag":
+                budget = e2llm_soft_tokens(engine, question, len(prepared.chunks), settings.max_new_tokens)
+                order = engine.rank_chunks(question, prepared.chunks)
+                tok = engine.decoder_tokenizer
+                count = lambda i: len(tok(prepared.chunks[i].text, add_special_tokens=False)["input_ids"])  # noqa: E731
+                picked, _ = select_rag_chunks(order, count, budget)
+                result = engine.generate(question, None, raw_texts=[prepared.chunks[i].text for i in picked], **kwargs)
+                result.raw_chunks = picked
+            elif system == "full":
+                result = engine.generate(question, None, raw_texts=[context], **kwargs)
+            else:
+                result = engine.generate(question, None, **kwargs)
+            call_s = time.perf_counter() - start
+    except ContextTooLongError:
+        return Outcome(NA_WINDOW, rag_budget_tokens=budget)
+    shared_s, shared_mem = prepared.charged(system)
+    return Outcome("ok", result.text, result.prompt_tokens, result.soft_tokens, result.new_tokens,
+                   list(result.raw_chunks), result.dropped_chunks, result.finish_reason, call_s,
+                   call_s + shared_s, max(mem.peak_mb, shared_mem), budget)
