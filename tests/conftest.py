@@ -52,3 +52,19 @@ def long_text():
     import pydoc_data.topics
 
     return "\n\n".join(v.strip() for _, v in sorted(pydoc_data.topics.topics.items()))
+
+
+@pytest.fixture(scope="session")
+def plugin_engine(tmp_path_factory):
+    """The tiny engine the plugin tests share (built once per session)."""
+    from plugin_fixtures import build_engine
+
+    return build_engine(tmp_path_factory.mktemp("plugin-backbones"))
+
+
+@pytest.fixture
+def small_window(plugin_engine):
+    from plugin_fixtures import window
+
+    with window(plugin_engine, 160) as engine:
+        yield engine

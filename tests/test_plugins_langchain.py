@@ -26,20 +26,9 @@ from e2llm import ContextTooLongError, InputError  # noqa: E402
 from e2llm_plugins.langchain import ChatE2LLM, E2LLM, create_e2llm_documents_chain  # noqa: E402
 
 try:
-    from tests.plugin_fixtures import DOCS, QUESTIONS, BatchSpy, build_engine, window
+    from tests.plugin_fixtures import DOCS, QUESTIONS, BatchSpy
 except ImportError:  # tests/ not importable as a package
-    from plugin_fixtures import DOCS, QUESTIONS, BatchSpy, build_engine, window
-
-
-@pytest.fixture(scope="session")
-def plugin_engine(tmp_path_factory):
-    return build_engine(tmp_path_factory.mktemp("plugin-backbones"))  # built once per session, shared
-
-
-@pytest.fixture
-def small_window(plugin_engine):
-    with window(plugin_engine, 160) as engine:
-        yield engine
+    from plugin_fixtures import DOCS, QUESTIONS, BatchSpy
 
 
 class Tokens(BaseCallbackHandler):

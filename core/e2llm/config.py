@@ -98,31 +98,38 @@ class E2LLMConfig(_Strict):
     @classmethod
     def from_json(cls, text: str, source: str = "config") -> "E2LLMConfig":
         try:
-            return cls.model_validate(json.loads(text))
+            data = json.loads(text)
         except json.JSONDecodeError as e:
             raise ConfigError(f"{source}: not valid JSON ({e.msg} at line {e.lineno}); rewrite or restore the file") from None
-        except ValidationError as e:
-            raise ConfigError(f"{source}: {describe_validation_error(e)}") from None
+        return validate_config(cls, data, source)
 
     @classmethod
     def from_file(cls, path: str | Path) -> "E2LLMConfig":
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
+        return load_config_file(cls, path)
 
-            return cls.validate_dict(yaml.safe_load(text) or {}, source=str(path))
-        return cls.from_json(text, source=str(path))
 
-    @classmethod
-    def validate_dict(cls, data: dict, source: str = "config") -> "E2LLMConfig":
-        try:
-            return cls.model_validate(data)
-        except ValidationError as e:
-            raise ConfigError(f"{source}: {describe_validation_error(e)}") from None
+def validate_config(cls, data, source: str):
+    """cls.model_validate(data), failing with one ConfigError line that names each bad key."""
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"{source}: {describe_validation_error(e)}") from None
+
+
+def load_config_file(cls, path: str | Path):
+    """A JSON or YAML (.yaml/.yml) file validated as the pydantic model `cls`."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    try:
+        data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: cannot parse ({str(e).splitlines()[0]})") from None
+    return validate_config(cls, data or {}, str(path))
 
 
 def describe_validation_error(e: ValidationError) -> str:

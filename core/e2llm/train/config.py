@@ -6,8 +6,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
-from ..config import E2LLMConfig, _Strict
-from ..errors import ConfigError
+from ..config import E2LLMConfig, _Strict, load_config_file
 
 # Training and evaluation split the built-in corpus the same way, so evaluation documents
 # never appear in training (e2llm.eval uses these too).
@@ -84,26 +83,7 @@ class TrainConfig(_Strict):
 
     @classmethod
     def load(cls, path: str | Path) -> "TrainConfig":
-        import json
-
-        import yaml
-        from pydantic import ValidationError
-
-        from ..config import describe_validation_error
-
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such config file") from None
-        try:
-            data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
-        except (yaml.YAMLError, json.JSONDecodeError) as e:
-            raise ConfigError(f"{path}: cannot parse ({str(e).splitlines()[0]})") from None
-        try:
-            return cls.model_validate(data or {})
-        except ValidationError as e:
-            raise ConfigError(f"{path}: {describe_validation_error(e)}") from None
+        return load_config_file(cls, path)
 
 
 def config_differences(a: TrainConfig, b: TrainConfig, ignore: tuple[str, ...] = ("optim.max_steps",)) -> list[str]:

@@ -55,10 +55,10 @@ class ObjectiveLoss(nn.Module):
         vectors = e.soft_prompts(texts) if texts else None  # (sum N, k, Dd), with grad
         pieces, start = [], 0
         for s, cl in zip(samples, chunk_lists):
-            sp = SoftPrompts(vectors[start:start + len(cl)], cl)
+            groups = SoftPrompts(vectors[start:start + len(cl)], cl).groups() if cl else []
             start += len(cl)
             ids = e.layout.ids(s.prompt, raw_passages(e, s, cl))
-            pieces.append(e.layout.pieces(ids, sp.groups(), e.layout.answer_ids(s.answer)))
+            pieces.append(e.layout.pieces(ids, groups, e.layout.answer_ids(s.answer)))
         batch = splice(pieces, e._decoder_base.get_input_embeddings(), pad_left=False)
         labels = batch.labels[:, 1:]  # position t predicts token t + 1
         keep = (labels != IGNORE_INDEX).any(0).nonzero().squeeze(-1)  # only positions with targets get logits
