@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up (if needed), then answer a question about a long document (the Python language
-# reference that ships with Python, ~300K tokens... cut to the first 40K) on the default model.
+# reference that ships with Python, cut to its first 160K characters: ~40K tokens) on the default model.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
