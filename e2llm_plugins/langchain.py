@@ -115,7 +115,8 @@ class _E2LLMParams(BaseModel):
 
     def _pieces(self, req, opts: dict, run_manager, make: Callable[[str, Optional[dict]], Any]) -> Iterator:
         """A chunk per text piece (langchain-core >= 1 reports chat chunks itself), then an empty one with the metadata."""
-        stream = self._engine().stream(req.question, req.context, raw_texts=req.raw_texts, raw_top_n=req.engine_raw_top_n, **opts["gen"])
+        stream = self._engine().stream(req.question, req.context, raw_texts=req.raw_texts, raw_top_n=req.engine_raw_top_n,
+                                       return_citations=opts["citations"], **opts["gen"])
         for piece in stream:
             chunk = make(piece, None)
             if run_manager:

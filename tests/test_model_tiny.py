@@ -123,6 +123,14 @@ def test_citations_are_a_distribution(tiny_engine):
     assert abs(sum(r.chunk_scores) - 1) < 1e-4 and min(r.chunk_scores) >= 0
 
 
+def test_stream_citations_match_generate(tiny_engine):
+    ctx = [DOC[:400], DOC[-400:]]
+    stream = tiny_engine.stream("Where does the fox live?", ctx, return_citations=True)
+    "".join(stream)
+    r = tiny_engine.generate("Where does the fox live?", ctx, return_result=True, return_citations=True)
+    assert stream.result.chunk_scores == pytest.approx(r.chunk_scores, abs=1e-5)
+
+
 def test_hybrid_reads_most_similar_chunks_raw(tiny_engine):
     doc = "Cats purr softly. " * 20 + "\nThe secret number is 4711.\n" + "Dogs bark loudly. " * 20
     r = tiny_engine.generate("The secret number is?", doc, raw_top_n=1, return_result=True)

@@ -156,6 +156,9 @@ def test_stream_callbacks_and_usage(llm, plugin_engine):
     assert [c["document_index"] for c in info["citations"]] == [0, 1, 2]
     assert sum(c["score"] for c in info["citations"]) == pytest.approx(1.0, abs=1e-4)
     assert [d.metadata["citation_score"] for d in docs] == [c["score"] for c in info["citations"]]
+    chat = ChatE2LLM(engine=plugin_engine, return_citations=True)
+    last = list(chat.stream(q, documents=docs))[-1]  # streamed answers carry citations too
+    assert [c["score"] for c in last.response_metadata["citations"]] == pytest.approx([c["score"] for c in info["citations"]], abs=1e-5)
 
 
 def test_async_matches_sync_without_blocking_the_loop(llm):

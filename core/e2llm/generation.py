@@ -63,8 +63,10 @@ class _TokenQueue(BaseStreamer):
 class TextStream:
     """Iterate for text pieces as they are generated; ``.result`` is complete afterwards."""
 
-    def __init__(self, engine, prepared: _Prepared, spliced: Spliced, gen_kwargs: dict, stop: Sequence[str]):
+    def __init__(self, engine, prepared: _Prepared, spliced: Spliced, gen_kwargs: dict, stop: Sequence[str],
+                 citations: bool = False):
         self.engine, self.result, self._stop = engine, prepared.result, list(stop or ())
+        self._prepared, self._citations = prepared, citations
         self._streamer = _TokenQueue()
         self._error: BaseException | None = None
         self.first_token_time: float | None = None
@@ -118,6 +120,8 @@ class TextStream:
         if len(text) > len(emitted):
             yield text[len(emitted):]
         self.result.text, self.result.new_tokens = text, len(ids)
+        if self._citations:  # needs the whole answer: computed once the stream has ended
+            self.result.chunk_scores = self.engine._citations(self._prepared)
 
 
 def _first_stop(text: str, stop: Sequence[str]) -> int | None:
@@ -251,11 +255,13 @@ class GenerationMixin:
 
     def stream(self, question: str, context: Context = None, *, raw_texts: Sequence[str] = (), raw_top_n: int | None = None,
                max_new_tokens: int | None = None, do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
-               stop: Sequence[str] | None = None, overflow: Overflow = "error") -> TextStream:
-        """Text pieces as they are generated; the stream's ``.result`` is complete once it ends."""
+               stop: Sequence[str] | None = None, overflow: Overflow = "error", return_citations: bool = False) -> TextStream:
+        """Text pieces as they are generated; the stream's ``.result`` is complete once it ends
+        (with ``chunk_scores`` when return_citations is set)."""
         max_new = max_new_tokens or self.config.prompt.max_new_tokens
         prepared = self._prepare(question, context, raw_texts=raw_texts, raw_top_n=raw_top_n, max_new_tokens=max_new, overflow=overflow)
-        return TextStream(self, prepared, self._splice([prepared]), self._gen_kwargs(max_new, do_sample, temperature, top_p, stop), stop or ())
+        return TextStream(self, prepared, self._splice([prepared]), self._gen_kwargs(max_new, do_sample, temperature, top_p, stop),
+                          stop or (), citations=return_citations)
 
     @torch.no_grad()
     def _citations(self, prepared: _Prepared) -> list[float]:
