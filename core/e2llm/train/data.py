@@ -10,14 +10,13 @@ sees exactly the data an uninterrupted run would have seen.
 from __future__ import annotations
 
 import random
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 from ..errors import InputError
 from .config import SPLIT_SEED, VAL_FRACTION, DataConfig
-from .corpus import DataError, iter_text_files, load_corpus, split_documents
-from .synth import make_qa_samples, make_reconstruction_texts, read_jsonl
+from .corpus import DataError, iter_text_files, load_corpus, report_data_error, split_documents
+from .synth import make_qa_samples, make_reconstruction_texts, read_jsonl, sample_problem
 
 
 @dataclass(frozen=True)
@@ -35,12 +34,9 @@ class Sample:
 def reason_samples(records: Iterable[dict[str, Any]], source: str, on_error: str = "raise") -> list[Sample]:
     out = []
     for i, r in enumerate(records):
-        bad = [k for k in ("context", "prompt", "answer") if not isinstance(r.get(k), str) or not r[k].strip()]
-        if bad:
-            msg = f"{source}: sample {i}: field {bad[0]!r} must be a non-empty string"
-            if on_error == "raise":
-                raise DataError(msg)
-            warnings.warn(f"skipped: {msg}", stacklevel=2)
+        problem = sample_problem(r)
+        if problem:
+            report_data_error(f"{source}: sample {i}: {problem}", on_error)
             continue
         out.append(Sample("reason", r["context"], r["prompt"], r["answer"], tuple(r.get("raw_texts", ())),
                           qa_kind=r.get("kind", ""), meta=r.get("meta", {})))

@@ -544,7 +544,7 @@ def read_jsonl(path: PathLike, on_error: OnError = "raise") -> list[dict[str, An
     check_on_error(on_error)
     samples = []
     for line_number, record in iter_jsonl_records(path, on_error):
-        problem = _sample_problem(record)
+        problem = sample_problem(record)
         if problem:
             report_data_error(f"{path}:{line_number}: {problem}", on_error)
             continue
@@ -552,7 +552,8 @@ def read_jsonl(path: PathLike, on_error: OnError = "raise") -> list[dict[str, An
     return samples
 
 
-def _sample_problem(record: object) -> str:
+def sample_problem(record: object) -> str:
+    """Why `record` is not a usable reasoning sample, or "" if it is."""
     if not isinstance(record, dict):
         return "expected a JSON object with context, prompt and answer"
     for key in ("context", "prompt", "answer"):

@@ -29,6 +29,7 @@ from torch import nn
 from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME, atomic_write_dir
 from ..errors import InputError
 from ..model import E2LLM
+from ..prompts import PromptLayout
 from ..softprompts import SoftPrompts
 from ..splice import IGNORE_INDEX, splice
 from .config import TrainConfig, config_differences
@@ -80,8 +81,8 @@ def fits_window(engine: E2LLM, s: Sample) -> bool:
     ids = engine.layout.ids(s.prompt, s.raw_texts)
     longest = sorted((len(c.text) for c in chunks), reverse=True)[: s.raw_top_n]
     raw_bound = sum(longest) + 4 * s.raw_top_n  # a decoder token covers at least one character
-    total = (len(ids.prefix) + len(ids.suffix) + raw_bound + len(chunks) * engine.config.adapter.tokens_per_chunk
-             + len(engine.layout.answer_ids(s.answer)) + len(ids.separator) * len({c.doc_index for c in chunks}))
+    total = (PromptLayout.num_tokens(ids, len({c.doc_index for c in chunks})) + raw_bound
+             + len(chunks) * engine.config.adapter.tokens_per_chunk + len(engine.layout.answer_ids(s.answer)))
     return total <= engine.window_tokens
 
 
