@@ -172,3 +172,21 @@ def test_two_processes_follow_the_single_process_curve(tiny_backbones, tmp_path)
     assert len(a) == len(b) == 4
     for (_, ra, rb), (_, ka, kb) in zip(a, b):
         assert ka == pytest.approx(ra, rel=1e-3) and kb == pytest.approx(rb, rel=1e-3)
+
+
+def test_validate_separates_soft_prompt_from_decoder_tuning(make_tiny_engine):
+    from e2llm.train.validate import reconstruction_report
+
+    engine = make_tiny_engine()
+    fresh = reconstruction_report(engine, num_texts=4, words=12, batch=4)
+    # LoRA B starts at zero: the tuned and the untuned decoder are the same function
+    assert fresh["loss_without"] == pytest.approx(fresh["loss_untuned_without"], abs=1e-5)
+    assert fresh["loss_with_soft_prompt"] != pytest.approx(fresh["loss_without"], abs=1e-3)
+    assert 0.0 <= fresh["rouge_l"] <= 1.0
+    with torch.no_grad():
+        for name, p in engine.decoder.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    tuned = reconstruction_report(engine, num_texts=4, words=12, batch=4)
+    assert tuned["loss_untuned_without"] == pytest.approx(fresh["loss_untuned_without"], abs=1e-5)
+    assert tuned["loss_without"] != pytest.approx(tuned["loss_untuned_without"], abs=1e-3)

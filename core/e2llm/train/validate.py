@@ -2,12 +2,15 @@
 
 Reconstruction on chunks of held-out documents (never trained on): the decoder's loss on
 the chunk's text given its soft prompt vs. the same prompt without it (nats per token), and
-greedy reconstruction ROUGE-L. QA on long held-out documents is `e2llm eval`'s job.
+greedy reconstruction ROUGE-L. A third number, the untuned decoder (LoRA off) without the soft
+prompt, separates what the decoder LoRA learned about this kind of text from what the soft
+prompt carries. QA on long held-out documents is `e2llm eval`'s job.
 """
 from __future__ import annotations
 
 import torch
 
+from ..eval.systems import decoder_lora
 from .config import SPLIT_SEED, VAL_FRACTION
 from .corpus import load_corpus, split_documents
 from .data import recon_samples
@@ -27,21 +30,23 @@ def reconstruction_report(engine, num_texts: int = 24, words: int = 30, batch: i
     samples = recon_samples(make_reconstruction_texts(val_docs, num_texts, VALIDATE_SEED, words),
                             engine.config.prompt.reconstruct_question)
     loss_fn = ObjectiveLoss(engine)
-    sums = {True: [0.0, 0], False: [0.0, 0]}
+    sums = {key: [0.0, 0] for key in ("with", "without", "untuned")}
     rouge = []
     for i in tqdm(range(0, len(samples), batch), desc="validate", unit="batch"):
         part = samples[i:i + batch]
-        for with_context in (True, False):
-            ce, n = loss_fn(part, with_context=with_context)
-            sums[with_context][0] += float(ce.sum())
-            sums[with_context][1] += int(n.sum())
+        for key in sums:
+            with decoder_lora(engine, enabled=key != "untuned"):
+                ce, n = loss_fn(part, with_context=key == "with")
+            sums[key][0] += float(ce.sum())
+            sums[key][1] += int(n.sum())
         budget = max(len(engine.layout.answer_ids(s.answer)) for s in part) + 8
         outs = engine.generate_batch([s.prompt for s in part], [s.context for s in part], raw_top_n=0, max_new_tokens=budget)
         rouge += [rouge_l(o, [s.answer]) for o, s in zip(outs, part)]
     return {
         "num_chunks": len(samples),
-        "loss_with_soft_prompt": sums[True][0] / sums[True][1],
-        "loss_without": sums[False][0] / sums[False][1],
+        "loss_with_soft_prompt": sums["with"][0] / sums["with"][1],
+        "loss_without": sums["without"][0] / sums["without"][1],
+        "loss_untuned_without": sums["untuned"][0] / sums["untuned"][1],
         "rouge_l": sum(rouge) / len(rouge),
         "example": {"text": samples[0].answer},
     }
@@ -63,6 +68,7 @@ def add_parser(sub, model_args) -> None:
         print(f"held-out reconstruction, {r['num_chunks']} texts of ~{args.words} words:")
         print(f"  loss given the soft prompt : {r['loss_with_soft_prompt']:.3f} nats/token")
         print(f"  loss without it            : {r['loss_without']:.3f} nats/token")
+        print(f"  untuned decoder, without it: {r['loss_untuned_without']:.3f} nats/token (decoder LoRA off)")
         print(f"  greedy ROUGE-L             : {r['rouge_l']:.3f}")
         print(f"  example text   : {r['example']['text'][:200]!r}")
         print(f"  reconstruction : {first[:200]!r}")
