@@ -166,7 +166,8 @@ class E2LLMSynthesizer(BaseSynthesizer):
             sink["result"] = engine.generate(req.question, req.context, raw_texts=req.raw_texts, raw_top_n=0,
                                              return_citations=self._citations, return_result=True, **self._gen)
             return sink["result"].text
-        stream = engine.stream(req.question, req.context, raw_texts=req.raw_texts, raw_top_n=0, **self._gen)
+        stream = engine.stream(req.question, req.context, raw_texts=req.raw_texts, raw_top_n=0,
+                               return_citations=self._citations, **self._gen)
 
         def pieces() -> Generator[str, None, None]:
             yield from stream

@@ -107,6 +107,12 @@ def test_citations_rescore_source_nodes(plugin_engine, index):
     assert "retrieval_score" not in response.source_nodes[0].node.get_content(metadata_mode="llm")
     assert "retrieval_score" not in index.docstore.get_node("n0").metadata  # the stored node is untouched
     assert {c["document_index"] for c in response.metadata["e2llm"]["citations"]} == {0, 1, 2}
+    # streamed: the same scores once the stream has ended
+    streamed = RetrieverQueryEngine(index.as_retriever(similarity_top_k=3), response_synthesizer=E2LLMSynthesizer(
+        engine=plugin_engine, return_citations=True, streaming=True)).query(QUESTIONS[2])
+    assert "".join(streamed.response_gen) == response.response
+    assert [n.score for n in streamed.source_nodes] == pytest.approx(scores, abs=1e-5)
+    assert [n.node.node_id for n in streamed.source_nodes] == [n.node.node_id for n in response.source_nodes]
 
 
 def test_hybrid_reads_top_nodes_raw(plugin_engine, monkeypatch):
