@@ -1,5 +1,6 @@
 """Pure tier: configs validate themselves and round-trip through JSON."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -41,3 +42,11 @@ def test_yaml_file(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("adapter:\n  tokens_per_chunk: 4\n")
     assert E2LLMConfig.from_file(p).adapter.tokens_per_chunk == 4
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_training_configs_validate(path):
+    from e2llm.train import TrainConfig
+
+    cfg = TrainConfig.load(path)
+    assert cfg.optim.max_steps > 0 and cfg.output_dir.startswith("runs/")
