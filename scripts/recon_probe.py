@@ -11,11 +11,11 @@ import json
 import sys
 import time
 
-import torch
-
 from e2llm.train.config import TrainConfig
-from e2llm.train.trainer import ObjectiveLoss, Trainer
+from e2llm.train.trainer import ObjectiveLoss, Trainer, mean_loss
 
+if len(sys.argv) not in (5, 6):
+    sys.exit("usage: python scripts/recon_probe.py NAME K CHUNK_TOKENS STEPS ['{\"dotted.key\": value}']")
 name, k, chunk_tokens, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 overrides = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {}
 cfg = {
@@ -36,20 +36,8 @@ for key, value in overrides.items():
 t0 = time.time()
 trainer = Trainer(TrainConfig.model_validate(cfg))
 loss_fn = ObjectiveLoss(trainer.engine)
-
-
-@torch.no_grad()
-def held_out_loss(with_context: bool) -> float:
-    total = count = 0.0
-    val = trainer.data.recon_val
-    for i in range(0, len(val), 8):
-        ce, n = loss_fn(val[i:i + 8], with_context=with_context)
-        total, count = total + float(ce.sum()), count + float(n.sum())
-    return total / count
-
-
 trainer.train()
 trainer.engine.cache.clear()
-with_sp, without = held_out_loss(True), held_out_loss(False)
+with_sp, without = mean_loss(loss_fn, trainer.data.recon_val, True), mean_loss(loss_fn, trainer.data.recon_val, False)
 print(f"{name}: k={k} chunk={chunk_tokens} steps={steps} with={with_sp:.3f} without={without:.3f} "
       f"gap={without - with_sp:.3f} nats/token ({time.time() - t0:.0f} s)")

@@ -70,6 +70,16 @@ class ObjectiveLoss(nn.Module):
         return ce.view(target.shape).sum(1), (target != IGNORE_INDEX).sum(1)  # (B,), (B,)
 
 
+@torch.no_grad()
+def mean_loss(loss_fn: ObjectiveLoss, samples: Sequence[Sample], with_context: bool = True, batch: int = 8) -> float:
+    """Cross-entropy per target token (nats) over ``samples``, ``batch`` samples at a time."""
+    ce_sum = n_sum = 0.0
+    for i in range(0, len(samples), batch):
+        ce, n = loss_fn(samples[i:i + batch], with_context=with_context)
+        ce_sum, n_sum = ce_sum + float(ce.sum()), n_sum + float(n.sum())
+    return ce_sum / max(1.0, n_sum)
+
+
 def raw_passages(engine: E2LLM, s: Sample, chunks) -> list[str]:
     return list(s.raw_texts) + [chunks[i].text for i in engine.raw_chunk_indices(s.prompt, chunks, s.raw_top_n)]
 
@@ -318,13 +328,8 @@ class Trainer:
         self.engine.cache.clear()  # weights changed since the last look
         out = {}
         for kind, samples in (("recon", self.data.recon_val), ("reason", self.data.reason_val)):
-            if not samples:
-                continue
-            ce_sum = n_sum = 0.0
-            for i in range(0, len(samples), 8):
-                ce, n = self.loss_fn(samples[i:i + 8])
-                ce_sum, n_sum = ce_sum + float(ce.sum()), n_sum + float(n.sum())
-            out[f"val_loss_{kind}"] = ce_sum / max(1.0, n_sum)
+            if samples:
+                out[f"val_loss_{kind}"] = mean_loss(self.loss_fn, samples)
         checks = self.data.reason_val[: self.cfg.num_generation_checks]
         if checks and self.rank == 0:
             answers = self.engine.generate_batch([s.prompt for s in checks], [s.context for s in checks],

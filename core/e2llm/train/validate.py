@@ -15,7 +15,7 @@ from .config import SPLIT_SEED, VAL_FRACTION
 from .corpus import load_corpus, split_documents
 from .data import recon_samples
 from .synth import make_reconstruction_texts
-from .trainer import ObjectiveLoss
+from .trainer import ObjectiveLoss, mean_loss
 
 VALIDATE_SEED = 7  # not a training seed: other windows of the held-out documents
 
@@ -30,23 +30,20 @@ def reconstruction_report(engine, num_texts: int = 24, words: int = 30, batch: i
     samples = recon_samples(make_reconstruction_texts(val_docs, num_texts, VALIDATE_SEED, words),
                             engine.config.prompt.reconstruct_question)
     loss_fn = ObjectiveLoss(engine)
-    sums = {key: [0.0, 0] for key in ("with", "without", "untuned")}
+    with_soft_prompt, without = mean_loss(loss_fn, samples, True, batch), mean_loss(loss_fn, samples, False, batch)
+    with decoder_lora(engine, enabled=False):
+        untuned_without = mean_loss(loss_fn, samples, False, batch)
     rouge = []
     for i in tqdm(range(0, len(samples), batch), desc="validate", unit="batch"):
         part = samples[i:i + batch]
-        for key in sums:
-            with decoder_lora(engine, enabled=key != "untuned"):
-                ce, n = loss_fn(part, with_context=key == "with")
-            sums[key][0] += float(ce.sum())
-            sums[key][1] += int(n.sum())
         budget = max(len(engine.layout.answer_ids(s.answer)) for s in part) + 8
         outs = engine.generate_batch([s.prompt for s in part], [s.context for s in part], raw_top_n=0, max_new_tokens=budget)
         rouge += [rouge_l(o, [s.answer]) for o, s in zip(outs, part)]
     return {
         "num_chunks": len(samples),
-        "loss_with_soft_prompt": sums["with"][0] / sums["with"][1],
-        "loss_without": sums["without"][0] / sums["without"][1],
-        "loss_untuned_without": sums["untuned"][0] / sums["untuned"][1],
+        "loss_with_soft_prompt": with_soft_prompt,
+        "loss_without": without,
+        "loss_untuned_without": untuned_without,
         "rouge_l": sum(rouge) / len(rouge),
         "example": {"text": samples[0].answer},
     }
