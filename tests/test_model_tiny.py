@@ -90,6 +90,21 @@ def test_stop_strings(tiny_engine):
     assert streamed == cut.text
 
 
+def test_stream_never_takes_back_text_when_a_stop_string_ends_in_a_multibyte_character(tiny_engine):
+    # CI caught this on a random model: ' s' then the bytes of '語' one at a time; while '語' was
+    # incomplete ("\ufffd") the stream showed 's', then the stop string 's語' cut it away again.
+    from e2llm.generation import _IncrementalText
+
+    tok = tiny_engine.decoder_tokenizer
+    ids = tok.encode(" s語!", add_special_tokens=False)
+    assert len(ids) > 3 and tok.decode(ids[:2]).endswith("\ufffd")  # the character arrives in pieces
+    for stop, expected in ([["s語"], " "], [["語!"], " s"], [[], " s語!"]):
+        text = _IncrementalText(tok, eos_ids=set(), stop=stop)
+        shown = "".join(text.feed([t]) for t in ids) + text.close()
+        assert shown == text.text == expected
+        assert text.finish_reason == ("stop" if stop else None)
+
+
 def test_sampling_runs(tiny_engine):
     torch.manual_seed(0)
     out = tiny_engine.generate("Where?", DOC, do_sample=True, temperature=0.7, top_p=0.9)

@@ -83,45 +83,70 @@ class TextStream:
         self._thread.start()
 
     def __iter__(self) -> Iterator[str]:
-        tok, eos = self.engine.decoder_tokenizer, self.engine._stop_token_ids()
-        ids: list[int] = []
-        emitted = ""
-        hold = max((len(s) for s in self._stop), default=1) - 1  # a stop string may still be forming
-        finished = False
+        text = _IncrementalText(self.engine.decoder_tokenizer, self.engine._stop_token_ids(), self._stop)
         while True:
             item = self._streamer.queue.get()
             if item is None:
                 break
             if self.first_token_time is None:
                 self.first_token_time = time.perf_counter()
-            if finished:
-                continue
-            for t in item:
-                if t in eos:
-                    finished, self.result.finish_reason = True, "stop"
-                    break
-                ids.append(t)
-            text = tok.decode(ids, skip_special_tokens=True)
-            cut = _first_stop(text, self._stop)
-            if cut is not None:
-                text, finished, self.result.finish_reason = text[:cut], True, "stop"
-            safe = len(text) if finished else len(text) - hold
-            if text.endswith("\ufffd") and not finished:  # half of a multi-byte character
-                safe = min(safe, len(text) - 1)
-            if safe > len(emitted):
-                piece, emitted = text[len(emitted):safe], text[:safe]
+            piece = text.feed(item)
+            if piece:
                 yield piece
         self._thread.join()
         if self._error is not None:
             raise self._error
-        text = tok.decode(ids, skip_special_tokens=True)
-        cut = _first_stop(text, self._stop)
-        text = text if cut is None else text[:cut]
-        if len(text) > len(emitted):
-            yield text[len(emitted):]
-        self.result.text, self.result.new_tokens = text, len(ids)
+        piece = text.close()
+        if piece:
+            yield piece
+        self.result.text, self.result.new_tokens = text.text, len(text.ids)
+        if text.finish_reason:
+            self.result.finish_reason = text.finish_reason
         if self._citations:  # needs the whole answer: computed once the stream has ended
             self.result.chunk_scores = self.engine._citations(self._prepared)
+
+
+class _IncrementalText:
+    """Token ids in, final text out: what the stream shows is never taken back.
+
+    Held back until more ids arrive: trailing U+FFFD (a character whose bytes are still coming)
+    and the last len(longest stop string) - 1 characters (a stop string may be forming there).
+    """
+
+    def __init__(self, tokenizer, eos_ids: set[int], stop: Sequence[str]):
+        self.tokenizer, self.eos_ids, self.stop = tokenizer, eos_ids, [s for s in stop if s]
+        self.hold = max((len(s) for s in self.stop), default=1) - 1
+        self.ids: list[int] = []
+        self.text, self.emitted = "", 0  # decoded text so far; characters of it already shown
+        self.finish_reason: str | None = None  # "stop" once an end-of-turn token or stop string is seen
+
+    def feed(self, ids: Sequence[int]) -> str:
+        if self.finish_reason:
+            return ""
+        for t in ids:
+            if t in self.eos_ids:
+                self.finish_reason = "stop"
+                break
+            self.ids.append(t)
+        self._decode()
+        safe = len(self.text) if self.finish_reason else len(self.text.rstrip("\ufffd")) - self.hold
+        return self._emit(safe)
+
+    def close(self) -> str:
+        self._decode()
+        return self._emit(len(self.text))
+
+    def _decode(self) -> None:
+        self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        cut = _first_stop(self.text, self.stop)
+        if cut is not None:
+            self.text, self.finish_reason = self.text[:cut], "stop"
+
+    def _emit(self, upto: int) -> str:
+        if upto <= self.emitted:
+            return ""
+        piece, self.emitted = self.text[self.emitted:upto], upto
+        return piece
 
 
 def _first_stop(text: str, stop: Sequence[str]) -> int | None:
@@ -206,19 +231,13 @@ class GenerationMixin:
         return splice([p.pieces for p in prepared], self._decoder_base.get_input_embeddings(), pad_left=True)
 
     def _decode_batch(self, out: torch.Tensor, results: Sequence[GenerationResult], stop: Sequence[str] | None) -> None:
-        eos = self._stop_token_ids()
         for row, res in zip(out.tolist(), results):
-            ids = []
-            for t in row:
-                if t in eos:
-                    res.finish_reason = "stop"
-                    break
-                ids.append(t)
-            text = self.decoder_tokenizer.decode(ids, skip_special_tokens=True)
-            cut = _first_stop(text, stop or ())
-            if cut is not None:
-                text, res.finish_reason = text[:cut], "stop"
-            res.text, res.new_tokens = text, len(ids)
+            text = _IncrementalText(self.decoder_tokenizer, self._stop_token_ids(), stop or ())
+            text.feed(row)
+            text.close()
+            res.text, res.new_tokens = text.text, len(text.ids)
+            if text.finish_reason:
+                res.finish_reason = text.finish_reason
 
     # ---------------------------------------------------------------- public API
     def generate(self, question: str, context: Context = None, *, raw_texts: Sequence[str] = (), raw_top_n: int | None = None,
