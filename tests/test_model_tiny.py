@@ -98,11 +98,11 @@ def test_stream_never_takes_back_text_when_a_stop_string_ends_in_a_multibyte_cha
     tok = tiny_engine.decoder_tokenizer
     ids = tok.encode(" s語!", add_special_tokens=False)
     assert len(ids) > 3 and tok.decode(ids[:2]).endswith("\ufffd")  # the character arrives in pieces
-    for stop, expected in ([["s語"], " "], [["語!"], " s"], [[], " s語!"]):
+    for stop, expected in ([["s語"], " "], [["語!"], " s"], [[], " s語!"], [["s\ufffd"], " s語!"]):
         text = _IncrementalText(tok, eos_ids=set(), stop=stop)
         shown = "".join(text.feed([t]) for t in ids) + text.close()
         assert shown == text.text == expected
-        assert text.finish_reason == ("stop" if stop else None)
+        assert text.finish_reason == ("stop" if expected != " s語!" else None)
 
 
 def test_sampling_runs(tiny_engine):
@@ -147,10 +147,13 @@ def test_stream_citations_match_generate(tiny_engine):
 
 
 def test_hybrid_reads_most_similar_chunks_raw(tiny_engine):
-    doc = "Cats purr softly. " * 20 + "\nThe secret number is 4711.\n" + "Dogs bark loudly. " * 20
-    r = tiny_engine.generate("The secret number is?", doc, raw_top_n=1, return_result=True)
-    assert len(r.raw_chunks) == 1 and "4711" in r.chunks[r.raw_chunks[0]].text
-    plain = tiny_engine.generate("The secret number is?", doc, return_result=True)
+    doc = "Cats purr softly. " * 20 + "\nThe lazy fox jumps over the brown dog.\n" + "Birds sing loudly. " * 20
+    # the question repeats that chunk's words: the same encoder input, so even a random encoder
+    # ranks it first (a paraphrase would be left to the luck of random weights)
+    question = "The lazy fox jumps over the brown dog."
+    r = tiny_engine.generate(question, doc, raw_top_n=1, return_result=True)
+    assert len(r.raw_chunks) == 1 and r.chunks[r.raw_chunks[0]].text.strip() == question
+    plain = tiny_engine.generate(question, doc, return_result=True)
     assert r.prompt_tokens > plain.prompt_tokens
 
 

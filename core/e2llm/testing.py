@@ -1,6 +1,6 @@
 """Tiny random encoder/decoder pairs built from configs, for fast tests (ours and users').
 
-Tokenizers are trained in memory on a few sentences (byte-level BPE for the decoder,
+Tokenizers are built in memory from a few sentences (byte-level BPE for the decoder,
 WordPiece for the encoder), so nothing is downloaded and any text round-trips.
 """
 from __future__ import annotations
@@ -23,6 +23,21 @@ def _corpus():
     return [_TEXT * 3, _TEXT.upper(), _TEXT.lower(), "".join(chr(c) for c in range(32, 127))]
 
 
+def _wordpiece_vocab(size: int = 300) -> dict[str, int]:
+    """A fixed WordPiece vocabulary: specials, each character alone and as a continuation, then the
+    corpus's words by frequency. (WordPiece training breaks frequency ties in hash order: every
+    run got another vocabulary, hence another random model, and tests passed or failed by draw.)"""
+    import re
+    from collections import Counter
+
+    texts = [t.lower() for t in _corpus()]  # the normalizer lowercases
+    chars = sorted({c for t in texts for c in t if not c.isspace()})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + chars + ["##" + c for c in chars if c.isalnum()]
+    counts = Counter(w for t in texts for w in re.findall(r"[a-z0-9]{2,}", t))
+    vocab += [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+    return {token: i for i, token in enumerate(vocab[:size])}
+
+
 def build_tiny_backbones(root: str | Path, seed: int = 0, hidden: int = 32, window: int = 1024,
                          decoder_init_std: float = 0.3) -> tuple[str, str]:
     """Save a tiny BERT encoder and a tiny Llama decoder under `root`; return their folders.
@@ -38,10 +53,9 @@ def build_tiny_backbones(root: str | Path, seed: int = 0, hidden: int = 32, wind
     torch.manual_seed(seed)
 
     # encoder: WordPiece with [CLS] ... [SEP], like BERT
-    wp = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    wp = Tokenizer(models.WordPiece(_wordpiece_vocab(), unk_token="[UNK]"))
     wp.normalizer = normalizers.BertNormalizer(lowercase=True)
     wp.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    wp.train_from_iterator(_corpus(), trainers.WordPieceTrainer(vocab_size=300, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"]))
     wp.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
     wp.decoder = decoders.WordPiece()
     enc_tok = PreTrainedTokenizerFast(tokenizer_object=wp, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]")
