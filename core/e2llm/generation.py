@@ -128,17 +128,18 @@ class _IncrementalText:
                 self.finish_reason = "stop"
                 break
             self.ids.append(t)
-        self._decode()
+        self._decode(final=self.finish_reason is not None)
         safe = len(self.text) if self.finish_reason else len(self.text.rstrip("\ufffd")) - self.hold
         return self._emit(safe)
 
     def close(self) -> str:
-        self._decode()
+        self._decode(final=True)
         return self._emit(len(self.text))
 
-    def _decode(self) -> None:
+    def _decode(self, final: bool) -> None:
         self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        cut = _first_stop(self.text, self.stop)
+        # a trailing U+FFFD may still turn into a character: no stop string matches it before the end
+        cut = _first_stop(self.text if final else self.text.rstrip("\ufffd"), self.stop)
         if cut is not None:
             self.text, self.finish_reason = self.text[:cut], "stop"
 
