@@ -277,3 +277,26 @@ def test_missing_backbone_offline(tmp_path):
     cfg = E2LLMConfig.model_validate({"encoder": {"name_or_path": str(tmp_path / "nope")}})
     with pytest.raises(ModelNotFoundError, match="could not load the encoder"):
         E2LLM.build(cfg)
+
+
+def test_bench_rows_and_full_context_switches_lora_off_only_for_itself(make_tiny_engine):
+    from e2llm import bench
+
+    engine = make_tiny_engine()
+    with torch.no_grad():  # a LoRA that changes answers, so "off" is visible
+        for name, p in engine.decoder.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    with_lora = engine.generate("Q?", None)
+    doc = bench.make_document(engine.decoder_tokenizer, 200)
+    other = []
+    t = threading.Thread(target=lambda: other.extend(engine.generate("Q?", None) for _ in range(3)))
+    t.start()
+    full = bench.run_full(engine, doc, new_tokens=4)
+    t.join()
+    assert other == [with_lora] * 3  # the switch is held under the engine's lock
+    assert engine.generate("Q?", None) == with_lora
+    compressed = bench.run_e2llm(engine, doc, new_tokens=4, cached=False)
+    for row in (full, compressed):
+        assert 0 < row.ttft_s <= row.total_s and row.context_tokens == full.context_tokens
+    assert compressed.decoder_tokens < full.decoder_tokens

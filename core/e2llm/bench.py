@@ -7,7 +7,6 @@ CUDA. Every ratio is measured in the same run, because these machines are noisy.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
 import time
@@ -82,20 +81,33 @@ def make_document(tokenizer, num_tokens: int) -> str:
                 return tokenizer.decode(ids)
 
 
+class _FirstTokenClock:
+    """A generate() streamer that only notes when the first new token arrives (TTFT). It runs in
+    the generating thread, so a caller may hold the engine's lock around the call."""
+
+    def __init__(self):
+        self.puts, self.first_token_time = 0, None
+
+    def put(self, value):
+        self.puts += 1
+        if self.puts == 2:  # the first put is the prompt (empty with inputs_embeds)
+            self.first_token_time = time.perf_counter()
+
+    def end(self):
+        pass
+
+
 def _measure(engine, prepare, new_tokens: int):
     """Run prepare() (chunk, encode, tokenize: part of the cost) then decode exactly new_tokens."""
-    from .generation import TextStream
-
     kwargs = engine._gen_kwargs(new_tokens, False, 1.0, 1.0, None)
     kwargs["min_new_tokens"] = new_tokens
+    clock = _FirstTokenClock()
     with PeakMemory(engine.device) as mem:
         start = time.perf_counter()
         prepared = prepare()
-        stream = TextStream(engine, prepared, engine._splice([prepared]), kwargs, ())
-        for _ in stream:
-            pass
+        engine._run_generate(engine._splice([prepared]), kwargs, streamer=clock)
         total = time.perf_counter() - start
-    return prepared.result, stream.first_token_time - start, total, mem.peak_mb
+    return prepared.result, clock.first_token_time - start, total, mem.peak_mb
 
 
 def _decoder_tokens(engine, text: str) -> int:
@@ -113,6 +125,7 @@ def run_e2llm(engine, document: str, new_tokens: int, cached: bool) -> Row:
 
 def run_full(engine, document: str, new_tokens: int) -> Row:
     """The plain decoder (its LoRA off) with the whole text in the prompt."""
+    from .eval.systems import decoder_lora
     from .generation import GenerationResult, _Prepared
     from .splice import Tokens
 
@@ -121,8 +134,7 @@ def run_full(engine, document: str, new_tokens: int) -> Row:
         ids = engine.decoder_tokenizer(prefix + document + suffix, add_special_tokens=False)["input_ids"]
         return _Prepared([Tokens(ids)], GenerationResult("", len(ids), 0, 0, 0))
 
-    off = engine.decoder.disable_adapter() if hasattr(engine.decoder, "disable_adapter") else contextlib.nullcontext()
-    with off:
+    with decoder_lora(engine, enabled=False):  # holds the engine's lock: the switch is global state
         r, ttft, total, mem = _measure(engine, prepare, new_tokens)
     return Row("full context", _decoder_tokens(engine, document), r.prompt_tokens, ttft, total, mem)
 
