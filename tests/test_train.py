@@ -190,3 +190,30 @@ def test_validate_separates_soft_prompt_from_decoder_tuning(make_tiny_engine):
     tuned = reconstruction_report(engine, num_texts=4, words=12, batch=4)
     assert tuned["loss_untuned_without"] == pytest.approx(fresh["loss_untuned_without"], abs=1e-5)
     assert tuned["loss_without"] != pytest.approx(tuned["loss_untuned_without"], abs=1e-3)
+
+
+def test_merge_checkpoints_script_combines_parts_and_adds_queries(make_tiny_engine, tmp_path):
+    from e2llm.checkpoint import read_tensors
+
+    a, b = make_tiny_engine(seed=0), make_tiny_engine(seed=1)
+    with torch.no_grad():  # make every part differ between the two
+        for engine, value in ((a, 0.1), (b, 0.2)):
+            for name, p in engine.decoder.named_parameters():
+                if "lora_B" in name:
+                    p.fill_(value)
+    a.save_pretrained(tmp_path / "a")
+    b.save_pretrained(tmp_path / "b")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "merge_checkpoints.py"
+    for k in (None, 3):
+        out = tmp_path / f"merged-{k}"
+        args = [sys.executable, str(script), str(tmp_path / "a"), str(tmp_path / "b"), str(out)] + (["--tokens-per-chunk", str(k)] if k else [])
+        subprocess.run(args, check=True, capture_output=True)
+        merged, ta, tb = read_tensors(out), read_tensors(tmp_path / "a"), read_tensors(tmp_path / "b")
+        for name, t in merged.items():
+            source = ta if name.startswith("decoder_lora.") else tb
+            if name == "adapter.queries" and k:
+                assert t.shape[0] == k and torch.equal(t[:1], source[name]) and not torch.equal(t[1], t[0])
+            else:
+                assert torch.equal(t, source[name]), name
+        engine = E2LLM.from_pretrained(out)  # loads: names and shapes match its config
+        assert engine.encode("A short document.").vectors.shape[1] == (k or 1)
