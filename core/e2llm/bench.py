@@ -220,14 +220,22 @@ def add_bench_parser(sub, model_args) -> None:
     lat.add_argument("--long-sizes", type=int, nargs="*", default=[32768, 131072], help="sizes run by E2LLM alone")
     lat.add_argument("--output", type=Path, default=Path("bench-results"))
     lat.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    lat.add_argument("--raw-top-n", type=int, default=None,
+                     help="raw chunks e2llm also reads (hybrid; each question then ranks every chunk): default the checkpoint's")
     model_args(lat)
 
     def run(args) -> int:
         from .cli import _load
+        from .errors import InputError
 
         if args.threads:
             torch.set_num_threads(args.threads)
+        if args.raw_top_n is not None and args.raw_top_n < 0:  # before minutes of model loading
+            raise InputError(f"--raw-top-n must be >= 0, got {args.raw_top_n}")
         engine = _load(args)
+        if args.raw_top_n is not None:
+            engine.config.raw_top_n = args.raw_top_n
+        print(f"e2llm reads every chunk compressed + the raw text of the {engine.config.raw_top_n} most similar to the question")
         rows = latency(engine, args.sizes, args.long_sizes, args.new_tokens, args.output)
         print(format_table(rows))
         print(f"written: {args.output}/latency.md, latency.json, latency.png")
