@@ -232,8 +232,9 @@ class GenerationMixin:
         return splice([p.pieces for p in prepared], self._decoder_base.get_input_embeddings(), pad_left=True)
 
     def _decode_batch(self, out: torch.Tensor, results: Sequence[GenerationResult], stop: Sequence[str] | None) -> None:
+        eos = self._stop_token_ids()
         for row, res in zip(out.tolist(), results):
-            text = _IncrementalText(self.decoder_tokenizer, self._stop_token_ids(), stop or ())
+            text = _IncrementalText(self.decoder_tokenizer, eos, stop or ())
             text.feed(row)
             text.close()
             res.text, res.new_tokens = text.text, len(text.ids)
