@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from e2llm.checkpoint import read_config, read_tensors, save_checkpoint
+from e2llm.errors import E2LLMError
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 parser.add_argument("decoder_lora_from", type=Path)
@@ -21,21 +22,26 @@ parser.add_argument("out", type=Path)
 parser.add_argument("--tokens-per-chunk", type=int, default=None)
 args = parser.parse_args()
 
-config = read_config(args.decoder_lora_from)
-other = read_config(args.adapter_from)
+try:
+    config, other = read_config(args.decoder_lora_from), read_config(args.adapter_from)
+    decoder_part, adapter_part = read_tensors(args.decoder_lora_from), read_tensors(args.adapter_from)
+except E2LLMError as e:
+    raise SystemExit(f"error: {e}") from None
 for section in ("encoder", "decoder", "adapter", "chunking"):
     if getattr(config, section).model_dump(exclude={"tokens_per_chunk"}) != getattr(other, section).model_dump(exclude={"tokens_per_chunk"}):
         raise SystemExit(f"error: the two checkpoints differ in '{section}': only the trained weights can be combined")
-decoder_part, adapter_part = read_tensors(args.decoder_lora_from), read_tensors(args.adapter_from)
 tensors = {n: (decoder_part if n.startswith("decoder_lora.") else adapter_part)[n] for n in adapter_part}
 
-k = args.tokens_per_chunk or other.adapter.tokens_per_chunk
-queries = tensors.get("adapter.queries")  # (k_old, Dd), attention pooling only
-if k != other.adapter.tokens_per_chunk:
-    if queries is None or k < queries.shape[0]:
-        raise SystemExit("error: --tokens-per-chunk can only add queries to an attention-pooling (pma) adapter")
+k_old = other.adapter.tokens_per_chunk
+k = k_old if args.tokens_per_chunk is None else args.tokens_per_chunk
+if k < k_old:
+    raise SystemExit(f"error: --tokens-per-chunk {k} is below the adapter's {k_old}: queries can be added, not removed")
+if k > k_old:
+    queries = tensors.get("adapter.queries")  # (k_old, Dd), attention pooling only
+    if queries is None:
+        raise SystemExit(f"error: --tokens-per-chunk needs an attention-pooling (pma) adapter; {args.adapter_from} has '{other.adapter.kind}'")
     dim = queries.shape[-1]
-    fresh = queries[:1].float() + torch.randn(k - queries.shape[0], dim, generator=torch.Generator().manual_seed(0)) * dim**-0.5
+    fresh = queries[:1].float() + torch.randn(k - k_old, dim, generator=torch.Generator().manual_seed(0)) * dim**-0.5
     tensors["adapter.queries"] = torch.cat([queries.float(), fresh]).to(queries.dtype)
 config.adapter = other.adapter.model_copy(update={"tokens_per_chunk": k})
 save_checkpoint(args.out, config, tensors)

@@ -217,3 +217,8 @@ def test_merge_checkpoints_script_combines_parts_and_adds_queries(make_tiny_engi
                 assert torch.equal(t, source[name]), name
         engine = E2LLM.from_pretrained(out)  # loads: names and shapes match its config
         assert engine.encode("A short document.").vectors.shape[1] == (k or 1)
+    for bad, needle in (([str(tmp_path / "nope"), str(tmp_path / "b")], "checkpoint folder not found"),
+                        ([str(tmp_path / "a"), str(tmp_path / "b"), "--tokens-per-chunk", "0"], "queries can be added, not removed")):
+        proc = subprocess.run([sys.executable, str(script), *bad[:2], str(tmp_path / "bad"), *bad[2:]], capture_output=True, text=True)
+        assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [proc.stderr.strip()] and needle in proc.stderr
+        assert "Traceback" not in proc.stderr and not (tmp_path / "bad").exists()
