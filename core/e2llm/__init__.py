@@ -1,5 +1,5 @@
 """e2llm: answer questions about whole long documents, read as compressed soft prompts (E2LLM)."""
-from .chunking import Chunk, chunk_spans, chunk_text
+from .chunking import Chunk, chunk_spans, chunk_text, chunk_texts
 from .config import (AdapterConfig, ChunkingConfig, DecoderConfig, E2LLMConfig, EncoderConfig, LoraSettings,
                      PromptConfig)
 from .errors import CheckpointError, ConfigError, ContextTooLongError, E2LLMError, InputError, ModelNotFoundError
@@ -11,6 +11,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "E2LLM", "E2LLMConfig", "EncoderConfig", "DecoderConfig", "AdapterConfig", "ChunkingConfig", "PromptConfig",
-    "LoraSettings", "SoftPrompts", "GenerationResult", "TextStream", "Chunk", "chunk_spans", "chunk_text",
+    "LoraSettings", "SoftPrompts", "GenerationResult", "TextStream", "Chunk", "chunk_spans", "chunk_text", "chunk_texts",
     "E2LLMError", "ConfigError", "InputError", "ContextTooLongError", "CheckpointError", "ModelNotFoundError",
 ]

@@ -93,9 +93,20 @@ def chunk_spans(
 def chunk_text(text: str, tokenizer, tokens_per_chunk: int, overlap_tokens: int = 0, min_fill: float = 0.5,
                doc_index: int = 0) -> list[Chunk]:
     """Chunk one document with a Hugging Face *fast* tokenizer's offsets."""
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
-    spans = [(int(s), int(e)) for s, e in enc["offset_mapping"]]
-    return [
-        Chunk(text[s:e], s, e, doc_index, num_tokens)
-        for s, e, num_tokens in chunk_spans(text, spans, tokens_per_chunk, overlap_tokens, min_fill)
-    ]
+    return chunk_texts([text], tokenizer, tokens_per_chunk, overlap_tokens, min_fill, [doc_index])[0]
+
+
+def chunk_texts(texts: Sequence[str], tokenizer, tokens_per_chunk: int, overlap_tokens: int = 0,
+                min_fill: float = 0.5, doc_indices: Sequence[int] | None = None) -> list[list[Chunk]]:
+    """Chunk many documents; one batched tokenizer call, which the Rust tokenizer runs on all
+    cores (tokenizing is most of a chunker's time: a training step chunks dozens of contexts)."""
+    if not texts:
+        return []
+    doc_indices = [0] * len(texts) if doc_indices is None else doc_indices
+    enc = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+    out = []
+    for text, offsets, doc_index in zip(texts, enc["offset_mapping"], doc_indices):
+        spans = [(int(s), int(e)) for s, e in offsets]
+        out.append([Chunk(text[s:e], s, e, doc_index, num_tokens)
+                    for s, e, num_tokens in chunk_spans(text, spans, tokens_per_chunk, overlap_tokens, min_fill)])
+    return out

@@ -21,7 +21,7 @@ from . import defaults
 from .adapter import build_adapter
 from .cache import TensorCache, content_key
 from .checkpoint import check_tensors, read_config, read_tensors, save_checkpoint
-from .chunking import Chunk, chunk_text
+from .chunking import Chunk, chunk_texts
 from .config import E2LLMConfig, LoraSettings
 from .errors import CheckpointError, InputError, ModelNotFoundError
 from .generation import GenerationMixin
@@ -170,19 +170,30 @@ class E2LLM(GenerationMixin, nn.Module):
     # ------------------------------------------------------------------ chunk + encode
     def chunk(self, context: str | Sequence[str]) -> list[Chunk]:
         """Chunks of one document, or of several (each document its own group)."""
-        docs = [context] if isinstance(context, str) else list(context)
-        if not docs:
-            raise InputError("the context has no documents; pass at least one non-empty text")
+        return self.chunk_many([context])[0]
+
+    def chunk_many(self, contexts: Sequence[str | Sequence[str]]) -> list[list[Chunk]]:
+        """``chunk`` of each context, all documents tokenized in one batched call."""
+        docs, owner, doc_indices = [], [], []
+        for c, context in enumerate(contexts):
+            group = [context] if isinstance(context, str) else list(context)
+            if not group:
+                raise InputError("the context has no documents; pass at least one non-empty text")
+            for i, doc in enumerate(group):
+                if not isinstance(doc, str):
+                    raise InputError(f"document {i} is a {type(doc).__name__}, expected text (str)")
+                if not doc.strip():
+                    where = "the context" if len(group) == 1 else f"document {i} of {len(group)}"
+                    raise InputError(f"{where} is empty or whitespace only; pass the text to read")
+                docs.append(doc)
+                owner.append(c)
+                doc_indices.append(i)
         cfg = self.config.chunking
-        chunks: list[Chunk] = []
-        for i, doc in enumerate(docs):
-            if not isinstance(doc, str):
-                raise InputError(f"document {i} is a {type(doc).__name__}, expected text (str)")
-            if not doc.strip():
-                where = "the context" if len(docs) == 1 else f"document {i} of {len(docs)}"
-                raise InputError(f"{where} is empty or whitespace only; pass the text to read")
-            chunks += chunk_text(doc, self.encoder_tokenizer, cfg.tokens_per_chunk, cfg.overlap_tokens, cfg.min_fill, doc_index=i)
-        return chunks
+        per_doc = chunk_texts(docs, self.encoder_tokenizer, cfg.tokens_per_chunk, cfg.overlap_tokens, cfg.min_fill, doc_indices)
+        out: list[list[Chunk]] = [[] for _ in contexts]
+        for c, chunks in zip(owner, per_doc):
+            out[c] += chunks
+        return out
 
     def encode(self, context: str | Sequence[str] | SoftPrompts) -> SoftPrompts:
         """Read a document once; the result answers any number of questions."""

@@ -51,7 +51,7 @@ class ObjectiveLoss(nn.Module):
     def forward(self, samples: Sequence[Sample], with_context: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """with_context=False: the same prompts and targets without the soft prompts (a baseline)."""
         e = self.engine
-        chunk_lists = [e.chunk(s.context) if with_context else [] for s in samples]
+        chunk_lists = e.chunk_many([s.context for s in samples]) if with_context else [[] for _ in samples]
         texts = [c.text for cl in chunk_lists for c in cl]
         vectors = e.soft_prompts(texts) if texts else None  # (sum N, k, Dd), with grad
         pieces, start = [], 0
@@ -84,10 +84,10 @@ def raw_passages(engine: E2LLM, s: Sample, chunks) -> list[str]:
     return list(s.raw_texts) + [chunks[i].text for i in engine.raw_chunk_indices(s.prompt, chunks, s.raw_top_n)]
 
 
-def fits_window(engine: E2LLM, s: Sample) -> bool:
+def fits_window(engine: E2LLM, s: Sample, chunks=None) -> bool:
     """Whether the sample fits the decoder window. Hybrid samples are bounded by their longest
     chunks instead of running retrieval here (that would encode every chunk at start-up)."""
-    chunks = engine.chunk(s.context)
+    chunks = engine.chunk(s.context) if chunks is None else chunks
     ids = engine.layout.ids(s.prompt, s.raw_texts)
     longest = sorted((len(c.text) for c in chunks), reverse=True)[: s.raw_top_n]
     raw_bound = sum(longest) + 4 * s.raw_top_n  # a decoder token covers at least one character
@@ -209,7 +209,10 @@ class Trainer:
 
     def _filter(self, data: TrainData) -> TrainData:
         def keep(samples, what):
-            kept = [s for s in samples if fits_window(self.engine, s)]
+            kept = []
+            for i in range(0, len(samples), 256):  # chunked in batches: one tokenizer call each
+                part = samples[i:i + 256]
+                kept += [s for s, c in zip(part, self.engine.chunk_many([s.context for s in part])) if fits_window(self.engine, s, c)]
             if len(kept) < len(samples) and self.rank == 0:
                 print(f"e2llm train: skipped {len(samples) - len(kept)} {what} samples longer than the decoder window "
                       f"({self.engine.window_tokens} tokens)")
@@ -265,6 +268,7 @@ class Trainer:
                   f"trainable parameters; {self.world} process(es) on {self.device}; steps {start}..{o.max_steps}")
         # The engine stays in eval mode: backbone dropout off, so a step is a pure function of
         # (weights, samples) and resumed or multi-process runs reproduce single-process ones.
+        t_start = time.perf_counter()
         bar = tqdm(range(start, o.max_steps), initial=start, total=o.max_steps, desc="train", disable=self.rank != 0)
         for step in bar:
             t0 = time.perf_counter()
@@ -294,7 +298,8 @@ class Trainer:
             if self.world > 1:
                 dist.all_reduce(sums)
             tok_s = float(sums[1] + sums[3]) / (time.perf_counter() - t0)
-            rec = {"step": step + 1, "lr": self.opt.param_groups[0]["lr"], "grad_norm": float(grad_norm), "tokens_per_s": round(tok_s, 1)}
+            rec = {"step": step + 1, "lr": self.opt.param_groups[0]["lr"], "grad_norm": float(grad_norm), "tokens_per_s": round(tok_s, 1),
+                   "elapsed_s": round(time.perf_counter() - t_start, 2)}  # since this process began training
             if sums[1]:
                 rec["loss_recon"] = float(sums[0] / sums[1])
             if sums[3]:
