@@ -86,6 +86,40 @@ def test_malformed_jsonl_is_reported_with_its_line(tmp_path):
     assert len(load_reason([{"context": "x", "prompt": "y", "answer": "z"}])) == 1
 
 
+def test_batched_loss_equals_one_sample_at_a_time(make_tiny_engine):
+    """Padding, the logits kept for the answer span only and the per-sample sums must not mix
+    samples: a batch of mixed lengths gives each sample the loss it gets alone."""
+    from e2llm.train.trainer import ObjectiveLoss
+
+    engine = make_tiny_engine()
+    with torch.no_grad():  # a non-zero decoder LoRA, so the soft prompts and LoRA both matter
+        for name, p in engine.decoder.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.2)
+    data = tiny_data()
+    samples = data.recon_train[:3] + data.reason_train[:3]
+    samples[0] = Sample("recon", TEXTS[0] + " " + TEXTS[1], "Repeat the document word for word.", TEXTS[0] + " " + TEXTS[1])
+    loss_fn = ObjectiveLoss(engine)
+    with torch.no_grad():
+        ce, count = loss_fn(samples)
+        alone = [loss_fn([s]) for s in samples]
+    assert count.tolist() == [int(n) for _, n in alone]
+    assert ce.tolist() == pytest.approx([float(c) for c, _ in alone], rel=1e-4, abs=1e-4)
+    # and alone, it is the textbook loss: all logits, shifted by one, summed over the answer
+    from e2llm.softprompts import SoftPrompts
+    from e2llm.splice import IGNORE_INDEX, splice
+
+    for s, (c, _) in zip(samples, alone):
+        chunks = engine.chunk(s.context)
+        with torch.no_grad():
+            groups = SoftPrompts(engine.soft_prompts([ch.text for ch in chunks]), chunks).groups()
+            pieces = engine.layout.pieces(engine.layout.ids(s.prompt, []), groups, engine.layout.answer_ids(s.answer))
+            b = splice([pieces], engine._decoder_base.get_input_embeddings())
+            logits = engine.decoder(inputs_embeds=b.inputs_embeds).logits[0, :-1]
+            ref = torch.nn.functional.cross_entropy(logits, b.labels[0, 1:], ignore_index=IGNORE_INDEX, reduction="sum")
+        assert float(c) == pytest.approx(float(ref), rel=1e-4, abs=1e-4)
+
+
 def test_training_lowers_the_loss_and_writes_a_loadable_model(tiny_backbones, tmp_path):
     cfg = tiny_train_config(tiny_backbones, tmp_path / "run", max_steps=25, lr=3e-2)
     final = Trainer(cfg, data=tiny_data()).train()

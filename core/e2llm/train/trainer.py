@@ -60,12 +60,14 @@ class ObjectiveLoss(nn.Module):
             start += len(cl)
             ids = e.layout.ids(s.prompt, raw_passages(e, s, cl))
             pieces.append(e.layout.pieces(ids, groups, e.layout.answer_ids(s.answer)))
-        batch = splice(pieces, e._decoder_base.get_input_embeddings(), pad_left=False)
+        # Left padding ends every answer at the last position, so only the last positions need
+        # logits: (B, longest answer, V) instead of (B, T, V), which is most of a step's memory.
+        batch = splice(pieces, e._decoder_base.get_input_embeddings(), pad_left=True)
         labels = batch.labels[:, 1:]  # position t predicts token t + 1
-        keep = (labels != IGNORE_INDEX).any(0).nonzero().squeeze(-1)  # only positions with targets get logits
+        first = int((labels != IGNORE_INDEX).any(0).nonzero()[0])  # earliest predicting position
+        target = labels[:, first:]  # (B, n)
         logits = e.decoder(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
-                           position_ids=batch.position_ids, logits_to_keep=keep).logits  # (B, len(keep), V)
-        target = labels[:, keep]
+                           position_ids=batch.position_ids, logits_to_keep=target.shape[1] + 1).logits[:, :-1]  # (B, n, V)
         ce = F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), ignore_index=IGNORE_INDEX, reduction="none")
         return ce.view(target.shape).sum(1), (target != IGNORE_INDEX).sum(1)  # (B,), (B,)
 
