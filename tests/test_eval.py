@@ -221,6 +221,7 @@ def test_quality_targets_report_numbers():
             rows += [_row("e2llm", task, 16384, i < 3, item=str(i)), _row("e2llm_hybrid", task, 16384, i < 3, item=str(i)),
                      _row("rag", task, 16384, i < 1, item=str(i))]
         rows += [_row("e2llm", "topic", 4096, i < 2, item=str(i), tokens=150),
+                 _row("e2llm_hybrid", "topic", 4096, i < 1, item=str(i), tokens=280),
                  _row("full", "topic", 4096, i < 2, ck=BASE_LABEL, item=str(i), tokens=4200),
                  _row("none", "topic", 4096, 0, ck=BASE_LABEL, item=str(i), tokens=60)]
     lines = quality_targets(rows)
@@ -228,6 +229,7 @@ def test_quality_targets_report_numbers():
     assert "PASS (a) [k1] two_chunk 16K-64K" in text and "0.750 vs rag 0.250" in text
     assert "PASS (a) [k1] single_fact" in text
     assert "PASS (b) [k1] 4K: e2llm 0.500 = 100% of full 0.500" in text and "28.0x" in text
+    assert "FAIL (b) [k1] 4K: hybrid 0.250 = 50% of full 0.500" in text and "15.0x" in text
     assert "PASS (c) [k1] e2llm" in text
     rows = [dict(r, score=0) if r["system"] == "e2llm" else r for r in rows]
     assert "FAIL (b)" in "\n".join(quality_targets(rows))
