@@ -1,4 +1,6 @@
 """Real-model tier: the default MiniLM-L6 encoder and SmolLM2-135M-Instruct decoder."""
+import contextlib
+
 import pytest
 import torch
 
@@ -33,3 +35,22 @@ def test_plain_decoder_still_answers_without_context(default_engine):
     chat template feed the model exactly what it was trained on."""
     out = default_engine.generate("What is the capital of France?", None, max_new_tokens=12)
     assert "Paris" in out
+
+
+def test_ranking_in_bf16_keeps_the_fp32_order(default_engine, long_text, monkeypatch):
+    """The hybrid ranking pass may run in bf16 autocast (faster on CPUs and GPUs with bf16
+    matmuls); on real text its top chunks must be the fp32 ones."""
+    import e2llm.model as model_module
+
+    if not model_module._cpu_has_bf16():
+        pytest.skip("this CPU has no bf16 matmuls: the ranking pass runs in fp32 anyway")
+    chunks = default_engine.chunk(long_text[:40_000])
+    question = "What happens when an exception is raised inside a finally clause?"
+    default_engine.cache.clear()
+    fast = default_engine.rank_chunks(question, chunks)
+    monkeypatch.setattr(model_module, "_cpu_has_bf16", lambda: False)
+    default_engine.cache.clear()
+    exact = default_engine.rank_chunks(question, chunks)
+    default_engine.cache.clear()
+    assert fast[:3] == exact[:3]
+    assert isinstance(model_module._ranking_precision(default_engine.device, torch.float32), contextlib.nullcontext)

@@ -32,6 +32,25 @@ from .prompts import PromptLayout
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def _ranking_precision(device: torch.device, dtype: torch.dtype):
+    """bf16 autocast for the ranking pass of float32 encoders where the hardware has bf16
+    matmuls: only the order of the chunks is used, and it stayed the same (an 8K document on a
+    2-core CPU: 1.83x faster, the same top 2, cosines within 0.0014; scripts/bench_ranking_dtype.py)."""
+    if dtype == torch.float32:
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        if device.type == "cpu" and _cpu_has_bf16():
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _cpu_has_bf16() -> bool:
+    try:  # oneDNN's own check for bf16 kernels (AVX-512 or AMX); without them the pass stays fp32
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def _load_backbone(kind: str, name: str, dtype: torch.dtype):
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
@@ -241,7 +260,7 @@ class E2LLM(GenerationMixin, nn.Module):
         todo = [i for i, t in enumerate(found) if t is None]
         if todo:
             off = self.encoder.disable_adapter() if hasattr(self.encoder, "disable_adapter") else contextlib.nullcontext()
-            with self.lock, off:
+            with self.lock, off, _ranking_precision(self.device, next(self.encoder.parameters()).dtype):
                 vecs = []
                 for states, mask in self._encoder_batches([texts[i] for i in todo]):
                     m = mask.unsqueeze(-1).to(states.dtype)

@@ -1,0 +1,27 @@
+"""Where a first question's time goes at 8K tokens: chunking, the soft-prompt pass, the
+hybrid ranking pass, the decoder.
+
+    python scripts/profile_first_question.py
+"""
+import time
+
+from e2llm import E2LLM
+from e2llm.train.corpus import load_corpus
+
+engine = E2LLM.from_pretrained("default")
+ids = engine.encoder_tokenizer("\n\n".join(d.text for d in load_corpus()[:80]), add_special_tokens=False)["input_ids"]
+text = engine.encoder_tokenizer.decode(ids[:8100])
+question = "What does the document say about exceptions?"
+engine.generate(question, text[:3000], max_new_tokens=2)  # warm-up
+engine.cache.clear()
+t0 = time.perf_counter()
+chunks = engine.chunk(text)
+t1 = time.perf_counter()
+engine.encode(text)
+t2 = time.perf_counter()
+engine.rank_chunks(question, chunks)
+t3 = time.perf_counter()
+engine.generate(question, text, max_new_tokens=1)  # both passes cached now: the decoder's part
+t4 = time.perf_counter()
+print(f"{len(chunks)} chunks: chunking {t1 - t0:.2f} s, soft-prompt pass {t2 - t1:.2f} s, "
+      f"ranking pass {t3 - t2:.2f} s, decoder to the first token {t4 - t3:.2f} s")
