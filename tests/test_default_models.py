@@ -53,4 +53,27 @@ def test_ranking_in_bf16_keeps_the_fp32_order(default_engine, long_text, monkeyp
     exact = default_engine.rank_chunks(question, chunks)
     default_engine.cache.clear()
     assert fast[:3] == exact[:3]
-    assert isinstance(model_module._ranking_precision(default_engine.device, torch.float32), contextlib.nullcontext)
+    assert isinstance(model_module._bf16_autocast(default_engine.device, torch.float32), contextlib.nullcontext)
+
+
+def test_encoder_autocast_only_without_gradients(default_engine, long_text):
+    """Inference may run the encoder in bf16 autocast; the soft prompts stay within 1% of fp32.
+    With gradients (training) the encoder runs in exact fp32 whatever the switch says."""
+    import e2llm.model as model_module
+
+    texts = [c.text for c in default_engine.chunk(long_text[:6_000])][:16]
+    default_engine.cache.clear()
+    try:
+        default_engine.autocast_encoder = False
+        with torch.no_grad():
+            exact = default_engine.soft_prompts(texts)
+        default_engine.autocast_encoder = True
+        with torch.no_grad():
+            fast = default_engine.soft_prompts(texts)
+        trained = default_engine.soft_prompts(texts).detach()  # gradients on: the training path
+    finally:
+        default_engine.autocast_encoder = True
+    assert torch.allclose(trained, exact, rtol=1e-5, atol=1e-6)
+    if model_module._cpu_has_bf16():
+        assert not torch.equal(fast, exact)  # autocast did run
+    assert float((fast - exact).norm() / exact.norm()) < 0.01

@@ -32,10 +32,8 @@ from .prompts import PromptLayout
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _ranking_precision(device: torch.device, dtype: torch.dtype):
-    """bf16 autocast for the ranking pass of float32 encoders where the hardware has bf16
-    matmuls: only the order of the chunks is used, and it stayed the same (an 8K document on a
-    2-core CPU: 1.83x faster, the same top 2, cosines within 0.0014; scripts/bench_ranking_dtype.py)."""
+def _bf16_autocast(device: torch.device, dtype: torch.dtype):
+    """bf16 autocast for a float32 encoder where the hardware has bf16 matmuls, else nothing."""
     if dtype == torch.float32:
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -93,6 +91,9 @@ class E2LLM(GenerationMixin, nn.Module):
         self.layout = PromptLayout(decoder_tokenizer, config.prompt)
         self.cache = TensorCache(cache_bytes)
         self.lock = threading.RLock()  # LoRA on/off toggles and attention switches are global state
+        # Encoder passes without gradients (soft prompts at inference, hybrid ranking) run in bf16
+        # autocast where the hardware has bf16 matmuls; False keeps them exact fp32.
+        self.autocast_encoder = True
         if decoder_tokenizer.pad_token_id is None:
             decoder_tokenizer.pad_token = decoder_tokenizer.eos_token
 
@@ -239,10 +240,15 @@ class E2LLM(GenerationMixin, nn.Module):
     def _encoder_batches(self, texts: Sequence[str]):
         """Yield ((n, L, De) token states, (n, L) mask) in bounded batches (flat memory)."""
         bs, max_len = self.config.encoder.chunks_per_batch, self.config.chunking.tokens_per_chunk + 2  # + [CLS] [SEP]
+        # Without gradients the encoder may run in bf16 autocast (see autocast_encoder); training stays exact.
+        fast = self.autocast_encoder and not torch.is_grad_enabled()
+        precision = _bf16_autocast(self.device, next(self.encoder.parameters()).dtype) if fast else contextlib.nullcontext()
         for i in range(0, len(texts), bs):
             batch = self.encoder_tokenizer(list(texts[i:i + bs]), padding=True, truncation=True, max_length=max_len, return_tensors="pt")
             ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
-            yield self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state, mask
+            with precision:
+                states = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+            yield states, mask
 
     def soft_prompts(self, texts: Sequence[str]) -> torch.Tensor:
         """(N, k, Dd) soft prompts for chunk texts; differentiable (the trainer calls this)."""
@@ -260,7 +266,7 @@ class E2LLM(GenerationMixin, nn.Module):
         todo = [i for i, t in enumerate(found) if t is None]
         if todo:
             off = self.encoder.disable_adapter() if hasattr(self.encoder, "disable_adapter") else contextlib.nullcontext()
-            with self.lock, off, _ranking_precision(self.device, next(self.encoder.parameters()).dtype):
+            with self.lock, off:
                 vecs = []
                 for states, mask in self._encoder_batches([texts[i] for i in todo]):
                     m = mask.unsqueeze(-1).to(states.dtype)
