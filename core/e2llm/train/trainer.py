@@ -86,11 +86,11 @@ def raw_passages(engine: E2LLM, s: Sample, chunks) -> list[str]:
     return list(s.raw_texts) + [chunks[i].text for i in engine.raw_chunk_indices(s.prompt, chunks, s.raw_top_n)]
 
 
-def fits_window(engine: E2LLM, s: Sample, chunks=None) -> bool:
+def fits_window(engine: E2LLM, s: Sample, chunks=None, prompt_ids=None) -> bool:
     """Whether the sample fits the decoder window. Hybrid samples are bounded by their longest
     chunks instead of running retrieval here (that would encode every chunk at start-up)."""
     chunks = engine.chunk(s.context) if chunks is None else chunks
-    ids = engine.layout.ids(s.prompt, s.raw_texts)
+    ids = engine.layout.ids(s.prompt, s.raw_texts) if prompt_ids is None else prompt_ids
     longest = sorted((len(c.text) for c in chunks), reverse=True)[: s.raw_top_n]
     raw_bound = sum(longest) + 4 * s.raw_top_n  # a decoder token covers at least one character
     total = (PromptLayout.num_tokens(ids, len({c.doc_index for c in chunks})) + raw_bound
@@ -211,10 +211,15 @@ class Trainer:
 
     def _filter(self, data: TrainData) -> TrainData:
         def keep(samples, what):
-            kept = []
+            kept, prompt_ids = [], {}  # reconstruction samples all share one prompt: template it once
             for i in range(0, len(samples), 256):  # chunked in batches: one tokenizer call each
                 part = samples[i:i + 256]
-                kept += [s for s, c in zip(part, self.engine.chunk_many([s.context for s in part])) if fits_window(self.engine, s, c)]
+                for s, chunks in zip(part, self.engine.chunk_many([s.context for s in part])):
+                    key = (s.prompt, s.raw_texts)
+                    if key not in prompt_ids:
+                        prompt_ids[key] = self.engine.layout.ids(s.prompt, s.raw_texts)
+                    if fits_window(self.engine, s, chunks, prompt_ids[key]):
+                        kept.append(s)
             if len(kept) < len(samples) and self.rank == 0:
                 print(f"e2llm train: skipped {len(samples) - len(kept)} {what} samples longer than the decoder window "
                       f"({self.engine.window_tokens} tokens)")
