@@ -86,11 +86,10 @@ def raw_passages(engine: E2LLM, s: Sample, chunks) -> list[str]:
     return list(s.raw_texts) + [chunks[i].text for i in engine.raw_chunk_indices(s.prompt, chunks, s.raw_top_n)]
 
 
-def fits_window(engine: E2LLM, s: Sample, chunks=None, prompt_ids=None) -> bool:
-    """Whether the sample fits the decoder window. Hybrid samples are bounded by their longest
-    chunks instead of running retrieval here (that would encode every chunk at start-up)."""
-    chunks = engine.chunk(s.context) if chunks is None else chunks
-    ids = engine.layout.ids(s.prompt, s.raw_texts) if prompt_ids is None else prompt_ids
+def fits_window(engine: E2LLM, s: Sample, chunks, ids) -> bool:
+    """Whether the sample fits the decoder window, given its chunks and prompt ids (the caller
+    computes both in bulk). Hybrid samples are bounded by their longest chunks instead of
+    running retrieval here (that would encode every chunk at start-up)."""
     longest = sorted((len(c.text) for c in chunks), reverse=True)[: s.raw_top_n]
     raw_bound = sum(longest) + 4 * s.raw_top_n  # a decoder token covers at least one character
     total = (PromptLayout.num_tokens(ids, len({c.doc_index for c in chunks})) + raw_bound
