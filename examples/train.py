@@ -4,6 +4,7 @@
     python examples/train.py --config my.yaml     # the same as `e2llm train --config my.yaml`
     torchrun --nproc_per_node 2 examples/train.py # DDP (gloo on CPU, nccl on GPUs)
     accelerate launch examples/train.py           # likewise
+    # a decoder too big to copy per process: set "parallelism": "fsdp" below (FSDP2 shards its layers)
 
 It writes OUTPUT_DIR/model, which E2LLM.from_pretrained(...) loads, and OUTPUT_DIR/checkpoints
 every `save_every` steps; run it again with --resume after an interruption.
@@ -40,5 +41,7 @@ else:
         "output_dir": "runs/my-e2llm",
     })
 
-final = Trainer(cfg).train(resume=args.resume)
-print(f"trained model: {final}")
+trainer = Trainer(cfg)
+final = trainer.train(resume=args.resume)
+if trainer.rank == 0:
+    print(f"trained model: {final}")

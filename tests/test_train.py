@@ -1,6 +1,7 @@
-"""Trainer: objectives, schedule, data order, faults (SIGKILL + resume), and two-process DDP."""
+"""Trainer: objectives, schedule, data order, faults (SIGKILL + resume), and two-process DDP / FSDP."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -194,17 +195,51 @@ def test_sigkill_then_resume_matches_uninterrupted(tiny_backbones, tmp_path):
         assert ka == pytest.approx(ra, rel=1e-4) and kb == pytest.approx(rb, rel=1e-4)
 
 
+def _torchrun(script, cfg_path, *args, port=29517):
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+                           str(script), str(cfg_path), *args], env=_env(), capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    return proc.stdout.decode()
+
+
 def test_two_processes_follow_the_single_process_curve(tiny_backbones, tmp_path):
     one = tiny_train_config(tiny_backbones, tmp_path / "one", max_steps=4)
     Trainer(one, data=tiny_data()).train()
     two = tiny_train_config(tiny_backbones, tmp_path / "two", max_steps=4)
-    script, cfg_path = _script(tmp_path, two)
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-                           str(script), str(cfg_path)], env=_env(), capture_output=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    _torchrun(*_script(tmp_path, two))
     a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert len(a) == len(b) == 4
     for (_, ra, rb), (_, ka, kb) in zip(a, b):
+        assert ka == pytest.approx(ra, rel=1e-3) and kb == pytest.approx(rb, rel=1e-3)
+
+
+def test_fsdp_shards_follow_the_single_process_curve_and_resume(tiny_backbones, tmp_path):
+    """Two FSDP processes (decoder layers sharded) follow one process's curve, write the same
+    whole-tensor checkpoints, and resume from them (shards split again) onto the same curve."""
+    steps = 6
+    one = tiny_train_config(tiny_backbones, tmp_path / "one", max_steps=steps)
+    Trainer(one, data=tiny_data()).train()
+    cfg = tiny_train_config(tiny_backbones, tmp_path / "fsdp", max_steps=steps)
+    cfg.parallelism = "fsdp"
+    script, cfg_path = _script(tmp_path, cfg)
+    assert "fsdp shards the decoder's 2 layers over 2 processes" in _torchrun(script, cfg_path, port=29518)
+    a, b = losses(tmp_path / "one"), losses(tmp_path / "fsdp")
+    assert len(a) == len(b) == steps
+    for (_, ra, rb), (_, ka, kb) in zip(a, b):
+        assert ka == pytest.approx(ra, rel=1e-3) and kb == pytest.approx(rb, rel=1e-3)
+    # the final model holds whole tensors, equal to the one-process run's
+    ref = E2LLM.from_pretrained(tmp_path / "one" / "model").trained_state_dict()
+    got = E2LLM.from_pretrained(tmp_path / "fsdp" / "model").trained_state_dict()
+    assert ref.keys() == got.keys() and any("decoder_lora" in k for k in got)
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], rtol=1e-3, atol=1e-5)
+    # resume from step 4 as if killed after it: the last two steps land on the same curve
+    shutil.rmtree(tmp_path / "fsdp" / "checkpoints" / f"step-{steps:06d}")
+    shutil.rmtree(tmp_path / "fsdp" / "model")
+    _torchrun(script, cfg_path, "--resume", port=29519)
+    c = losses(tmp_path / "fsdp")
+    assert [s for s, *_ in c] == list(range(1, steps + 1))
+    for (_, ra, rb), (_, ka, kb) in zip(a, c):
         assert ka == pytest.approx(ra, rel=1e-3) and kb == pytest.approx(rb, rel=1e-3)
 
 

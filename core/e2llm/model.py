@@ -163,9 +163,11 @@ class E2LLM(GenerationMixin, nn.Module):
                 set_peft_model_state_dict(module, {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
         self.cache.clear()
 
-    def save_pretrained(self, path: str | Path, dtype: str | None = None) -> None:
-        """config.json + model.safetensors (trained tensors only), written atomically."""
-        tensors = self.trained_state_dict()
+    def save_pretrained(self, path: str | Path, dtype: str | None = None, tensors: dict[str, torch.Tensor] | None = None) -> None:
+        """config.json + model.safetensors (trained tensors only), written atomically.
+        ``tensors``: what to write instead of ``trained_state_dict()`` (a trainer whose processes
+        hold shards passes the whole tensors it gathered)."""
+        tensors = self.trained_state_dict() if tensors is None else tensors
         if dtype:
             tensors = {k: v.to(_DTYPES[dtype]) for k, v in tensors.items()}
         save_checkpoint(Path(path), self.config, tensors)

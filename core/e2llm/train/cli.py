@@ -22,6 +22,8 @@ def run(args) -> int:
         cfg.output_dir = args.output_dir
     if args.max_steps:
         cfg.optim.max_steps = args.max_steps
-    final = Trainer(cfg).train(resume=args.resume)
-    print(f"e2llm train: wrote {final} (load it with E2LLM.from_pretrained('{final}'))")
+    trainer = Trainer(cfg)
+    final = trainer.train(resume=args.resume)
+    if trainer.rank == 0:
+        print(f"e2llm train: wrote {final} (load it with E2LLM.from_pretrained('{final}'))")
     return 0

@@ -80,14 +80,18 @@ class TrainConfig(_Strict):
     save_dtype: Optional[Literal["float16", "bfloat16", "float32"]] = None
     seed: int = 0
     device: str = "auto"
+    # With several processes: ddp keeps a whole engine per process; fsdp shards the decoder's
+    # layers (and their LoRA and optimizer state) over the processes, for decoders too big to copy.
+    parallelism: Literal["ddp", "fsdp"] = "ddp"
 
     @classmethod
     def load(cls, path: str | Path) -> "TrainConfig":
         return load_config_file(cls, path)
 
 
-def config_differences(a: TrainConfig, b: TrainConfig, ignore: tuple[str, ...] = ("optim.max_steps",)) -> list[str]:
-    """Dotted keys whose values differ, for refusing a resume from another config."""
+def config_differences(a: TrainConfig, b: TrainConfig, ignore: tuple[str, ...] = ("optim.max_steps", "parallelism")) -> list[str]:
+    """Dotted keys whose values differ, for refusing a resume from another config. The ignored
+    keys do not change what a checkpoint holds (it stores whole tensors under ddp and fsdp)."""
     def flat(d, prefix=""):
         out = {}
         for k, v in d.items():

@@ -5,8 +5,9 @@
 Both objectives go through the same splice and model as inference. A step's samples are a
 pure function of (seed, step), checkpoints hold model + optimizer + step, so a run killed
 at any moment resumes exactly. Under torchrun / accelerate launch each process takes its
-share of every batch and torch DDP averages gradients; losses are normalised by the
-*global* token count, so N processes follow the same curve as one with the same batch.
+share of every batch and DDP (or FSDP: ``parallelism: fsdp``, see distributed.py) averages
+gradients; losses are normalised by the *global* token count, so N processes follow the same
+curve as one with the same batch.
 """
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ import os
 import re
 import shutil
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Sequence
 
@@ -34,6 +34,7 @@ from ..softprompts import SoftPrompts
 from ..splice import IGNORE_INDEX, splice
 from .config import TrainConfig, config_differences
 from .data import Sample, TrainData, build_data, sample_indices
+from .distributed import Parallel, device_for, dist_info, full, like, shard_decoder
 
 STATE_NAME, OPTIM_NAME = "trainer_state.json", "optimizer.safetensors"
 
@@ -98,20 +99,6 @@ def fits_window(engine: E2LLM, s: Sample, chunks, ids) -> bool:
 
 
 # --------------------------------------------------------------------------- set-up
-def _dist_info() -> tuple[int, int]:
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _device(cfg: TrainConfig, rank: int) -> str:
-    if cfg.device != "auto":
-        return cfg.device
-    return f"cuda:{rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
-
-
 def set_trainable(engine: E2LLM, trainable: str) -> list[dict]:
     """Freeze what the config says; return optimizer parameter groups (adapter, LoRA)."""
     for name, p in engine.named_parameters():
@@ -136,7 +123,7 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 # --------------------------------------------------------------------------- checkpoints
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
     sd = opt.state_dict()
-    tensors = {f"{pid}.{k}": v for pid, st in sd["state"].items() for k, v in st.items() if torch.is_tensor(v)}
+    tensors = {f"{pid}.{k}": full(v) for pid, st in sd["state"].items() for k, v in st.items() if torch.is_tensor(v)}
     scalars = {str(pid): {k: v for k, v in st.items() if not torch.is_tensor(v)} for pid, st in sd["state"].items()}
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
@@ -148,13 +135,19 @@ def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> No
         state.setdefault(int(pid), {})[name] = v
     for pid, sc in meta["scalars"].items():
         state.setdefault(int(pid), {}).update(sc)
+    params = [p for g in opt.param_groups for p in g["params"]]  # state ids count params in group order
+    for pid, st in state.items():  # moments of sharded params: this process's shard
+        st.update({k: like(v, params[pid]) for k, v in st.items() if torch.is_tensor(v) and k != "step"})
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
-def save_training_state(path: Path, engine: E2LLM, opt, step: int, cfg: TrainConfig) -> None:
-    """A loadable model checkpoint plus what resuming needs, written atomically."""
-    model_tensors = {k: v.detach().contiguous().cpu() for k, v in engine.trained_state_dict().items()}
+def save_training_state(path: Path, engine: E2LLM, opt, step: int, cfg: TrainConfig, write: bool = True) -> None:
+    """A loadable model checkpoint plus what resuming needs, written atomically. Under FSDP
+    every process calls it (gathering shards is collective) and one writes."""
+    model_tensors = {k: full(v).detach().contiguous().cpu() for k, v in engine.trained_state_dict().items()}
     opt_tensors, opt_meta = _optimizer_tensors(opt)
+    if not write:
+        return
 
     def write(tmp: Path) -> None:
         (tmp / CONFIG_NAME).write_text(engine.config.to_json(), encoding="utf-8")
@@ -182,8 +175,8 @@ def _prune(run_dir: Path, keep: int) -> None:
 class Trainer:
     def __init__(self, cfg: TrainConfig, engine: E2LLM | None = None, data: TrainData | None = None):
         self.cfg = cfg
-        self.rank, self.world = _dist_info()
-        self.device = _device(cfg, self.rank)
+        self.rank, self.world = dist_info()
+        self.device = device_for(cfg.device, self.rank)
         torch.manual_seed(cfg.seed)
         if engine is None:
             dt = cfg.optim.backbone_dtype
@@ -193,6 +186,12 @@ class Trainer:
         for g in self.groups:  # trained tensors and their optimizer state in float32, whatever the backbones
             for p in g["params"]:
                 p.data = p.data.float()
+        if self.world > 1 and cfg.parallelism == "fsdp":  # replaces the decoder's parameters: collect them after
+            bf16 = self.engine._decoder_base.get_input_embeddings().weight.dtype == torch.bfloat16
+            units = shard_decoder(self.engine._decoder_base, self.world, self.device, torch.bfloat16 if bf16 else None)
+            if self.rank == 0:
+                print(f"e2llm train: fsdp shards the decoder's {units} layers over {self.world} processes")
+            self.groups = set_trainable(self.engine, cfg.trainable)
         if cfg.optim.batch_size // cfg.optim.grad_accum < self.world:
             raise InputError(f"optim.batch_size / grad_accum ({cfg.optim.batch_size} / {cfg.optim.grad_accum}) must be at least "
                              f"the number of processes ({self.world}) so every process gets samples")
@@ -200,9 +199,7 @@ class Trainer:
         self.data = self._filter(data)
         self.run_dir = Path(cfg.output_dir)
         self.loss_fn = ObjectiveLoss(self.engine)
-        self.model = self.loss_fn
-        if self.world > 1:
-            self.model = nn.parallel.DistributedDataParallel(self.loss_fn, device_ids=None if self.device == "cpu" else [self.device])
+        self.model = Parallel(self.loss_fn, cfg.parallelism, self.world, self.device)
         o = cfg.optim
         self.opt = torch.optim.AdamW([dict(g, lr=(o.adapter_lr or o.lr) if g["name"] == "adapter" else o.lr) for g in self.groups],
                                      lr=o.lr, weight_decay=o.weight_decay)
@@ -258,7 +255,9 @@ class Trainer:
         if diff:
             raise InputError(f"cannot resume from {ck}: it was written by a different config ({', '.join(diff[:6])} differ); "
                              "use the same config or another output_dir")
-        self.engine.load_trained_state_dict(load_file(str(ck / WEIGHTS_NAME)), source=str(ck))
+        current = self.engine.trained_state_dict()
+        tensors = {k: like(v, current[k]) if k in current else v for k, v in load_file(str(ck / WEIGHTS_NAME)).items()}
+        self.engine.load_trained_state_dict(tensors, source=str(ck))
         _load_optimizer(self.opt, load_file(str(ck / OPTIM_NAME)), state["optimizer"])
         return state["step"]
 
@@ -290,7 +289,7 @@ class Trainer:
             for j, idx in enumerate(parts):
                 mine = idx[self.rank::self.world]
                 sync = j == len(parts) - 1
-                with self.model.no_sync() if self.world > 1 and not sync else nullcontext():
+                with self.model.no_sync(skip=not sync):
                     ce, count = self.model([samples[i] for i in mine])
                     loss = (ce * weights[mine].to(ce.device)).sum() * self.world  # DDP averages: undo the /world
                 loss.backward()
@@ -298,7 +297,9 @@ class Trainer:
                     k = 0 if samples[i].kind == "recon" else 2
                     sums[k] += c
                     sums[k + 1] += n
-            grad_norm = torch.nn.utils.clip_grad_norm_([p for g in self.groups for p in g["params"]], o.clip_norm)
+            params = [p for g in self.groups for p in g["params"]]
+            self.model.finish_backward(params)
+            grad_norm = self.model.clip_grad_norm(params, o.clip_norm)
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)
             if self.world > 1:
@@ -318,14 +319,16 @@ class Trainer:
                 if self.rank == 0:
                     plot_log(self.run_dir / "log.jsonl", self.run_dir / "loss.png")
             if (step + 1) % cfg.save_every == 0 or step + 1 == o.max_steps:
+                save_training_state(self.run_dir / "checkpoints" / f"step-{step + 1:06d}", self.engine, self.opt, step + 1, cfg,
+                                    write=self.rank == 0)
                 if self.rank == 0:
-                    save_training_state(self.run_dir / "checkpoints" / f"step-{step + 1:06d}", self.engine, self.opt, step + 1, cfg)
                     _prune(self.run_dir, cfg.keep_last)
                 self._barrier()
         final = self.run_dir / "model"
+        tensors = {k: full(v) for k, v in self.engine.trained_state_dict().items()}  # every process: gathers shards
         if self.rank == 0:
             self.engine.config.trained = True
-            self.engine.save_pretrained(final, dtype=cfg.save_dtype)
+            self.engine.save_pretrained(final, dtype=cfg.save_dtype, tensors=tensors)
         self._barrier()
         return final
 
@@ -342,7 +345,7 @@ class Trainer:
             if samples:
                 out[f"val_loss_{kind}"] = mean_loss(self.loss_fn, samples)
         checks = self.data.reason_val[: self.cfg.num_generation_checks]
-        if checks and self.rank == 0:
+        if checks and (self.rank == 0 or self.model.sharded):  # sharded: every process takes part in generating
             answers = self.engine.generate_batch([s.prompt for s in checks], [s.context for s in checks],
                                                  raw_texts=[s.raw_texts for s in checks], raw_top_n=0, max_new_tokens=24)
             out["val_answer_contained"] = sum(_norm(s.answer) in _norm(a) for s, a in zip(checks, answers)) / len(checks)

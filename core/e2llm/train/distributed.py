@@ -1,0 +1,138 @@
+"""Several processes: the process group, DDP or FSDP, and what sharded tensors need.
+
+    ddp   every process holds the whole engine; torch DDP averages the gradients. Suits
+          decoders up to a few billion parameters.
+    fsdp  the decoder's transformer layers are sharded over the processes with torch FSDP2
+          (``fully_shard``): each process stores 1/N of every layer (frozen weights, LoRA and
+          its optimizer state) and gathers a layer only while it runs. The encoder, the adapter
+          and the decoder's embeddings stay whole on every process (small next to the layers;
+          the splice looks embeddings up outside the decoder's forward), so their gradients
+          are averaged here by hand.
+
+Checkpoints are the same files either way: sharded tensors are gathered before writing and
+split again on resume, so a run can resume under the other strategy or process count.
+"""
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+from typing import Iterable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.tensor import DTensor, distribute_tensor
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world size); joins the process group torchrun / accelerate launch set up."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def device_for(device: str, rank: int) -> str:
+    if device != "auto":
+        return device
+    return f"cuda:{rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
+
+
+def shard_decoder(decoder: nn.Module, world: int, device: str, compute_dtype: torch.dtype | None) -> int:
+    """FSDP2 over the decoder: one unit per transformer layer, then the rest of the decoder
+    (its final norm) with the embeddings left whole. Returns the number of layer units.
+
+    compute_dtype: bf16 backbones with float32 LoRA in one layer need a common dtype to gather
+    in; the layer then computes in it and reduces gradients in float32."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = init_device_mesh("cuda" if device.startswith("cuda") else "cpu", (world,))
+    policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32) if compute_dtype else MixedPrecisionPolicy()
+    layer_classes = set(getattr(decoder, "_no_split_modules", None) or [])
+    layers = [m for m in decoder.modules() if type(m).__name__ in layer_classes]
+    if not layers:
+        raise ValueError(f"parallelism 'fsdp': cannot find the transformer layers of {type(decoder).__name__} "
+                         "(it names none in _no_split_modules); use parallelism 'ddp'")
+    for layer in layers:
+        fully_shard(layer, mesh=mesh, mp_policy=policy)
+    whole = {decoder.get_input_embeddings().weight}
+    if decoder.get_output_embeddings() is not None:
+        whole.add(decoder.get_output_embeddings().weight)
+    fully_shard(decoder, mesh=mesh, mp_policy=policy, ignored_params=whole)
+    return len(layers)
+
+
+class Parallel:
+    """Wraps the loss module for the strategy; the trainer calls it like the module."""
+
+    def __init__(self, module: nn.Module, strategy: str, world: int, device: str):
+        self.module, self.strategy, self.world = module, strategy, world
+        self.ddp = None
+        if world > 1 and strategy == "ddp":
+            self.ddp = nn.parallel.DistributedDataParallel(module, device_ids=None if device == "cpu" else [device])
+        self.sharded = world > 1 and strategy == "fsdp"
+
+    def __call__(self, *args, **kwargs):
+        return (self.ddp or self.module)(*args, **kwargs)
+
+    def no_sync(self, skip: bool):
+        """Skip the gradient exchange for micro-batches before the last one of a step."""
+        if not skip or self.world == 1:
+            return nullcontext()
+        if self.ddp is not None:
+            return self.ddp.no_sync()
+        return _FsdpNoSync(self.module)
+
+    def finish_backward(self, params: Iterable[nn.Parameter]) -> None:
+        """fsdp: average the gradients of what is not sharded (encoder LoRA, adapter), in one call."""
+        if not self.sharded:
+            return
+        grads = [p.grad for p in params if p.grad is not None and not isinstance(p.grad, DTensor)]
+        if grads:
+            flat = torch.cat([g.flatten() for g in grads])
+            dist.all_reduce(flat)
+            flat /= self.world
+            for g, part in zip(grads, flat.split([g.numel() for g in grads])):
+                g.copy_(part.view_as(g))
+
+    def clip_grad_norm(self, params: list[nn.Parameter], max_norm: float) -> float:
+        """Global gradient norm (over every process's shards), grads scaled to at most max_norm."""
+        if not self.sharded:
+            return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        grads = [p.grad for p in params if p.grad is not None]
+        whole = sum((g.float().pow(2).sum() for g in grads if not isinstance(g, DTensor)), torch.zeros(()))
+        shards = sum((g.to_local().float().pow(2).sum().cpu() for g in grads if isinstance(g, DTensor)), torch.zeros(()))
+        dist.all_reduce(shards)
+        total = float((whole + shards).sqrt())
+        scale = min(1.0, max_norm / (total + 1e-6))  # torch's rule
+        if scale < 1.0:
+            for g in grads:
+                g.mul_(scale)
+        return total
+
+
+class _FsdpNoSync:
+    def __init__(self, module: nn.Module):
+        self.units = [m for m in module.modules() if hasattr(m, "set_requires_gradient_sync")]
+
+    def __enter__(self):
+        for m in self.units:
+            m.set_requires_gradient_sync(False, recurse=False)
+
+    def __exit__(self, *exc):
+        for m in self.units:
+            m.set_requires_gradient_sync(True, recurse=False)
+
+
+def full(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor on this process (a collective for sharded ones: every process calls it)."""
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def like(value: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """``value`` (whole, read from a checkpoint) laid out like ``ref``: this process's shard of it."""
+    if isinstance(ref, DTensor):
+        return distribute_tensor(value.to(device=ref.device, dtype=ref.dtype), ref.device_mesh, ref.placements)
+    return value
