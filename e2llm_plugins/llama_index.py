@@ -106,18 +106,12 @@ class E2LLMLLM(CustomLLM):
 def set_instruction_template(engine, template: str) -> None:
     """Replace the engine's prompt.user (``{document}``/``{question}``; LlamaIndex's
     ``{context_str}``/``{query_str}`` are accepted too). Changes the engine for all its users."""
-    from e2llm.config import PromptConfig
-    from e2llm.prompts import PromptLayout
-
     text = template.replace("{context_str}", "{document}").replace("{query_str}", "{question}")
     try:
-        prompt = PromptConfig.model_validate({**engine.config.prompt.model_dump(), "user": text})
+        engine.set_prompt(user=text)
     except ValueError as e:
         raise ValueError(f"the e2llm instruction template needs {{document}} (or {{context_str}}) and {{question}} "
                          f"(or {{query_str}}) exactly once each, got {template!r}") from e
-    with engine.lock:
-        engine.config.prompt = prompt
-        engine.layout = PromptLayout(engine.decoder_tokenizer, prompt)
 
 
 class E2LLMSynthesizer(BaseSynthesizer):

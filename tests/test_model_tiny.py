@@ -5,7 +5,7 @@ import threading
 import pytest
 import torch
 
-from e2llm import E2LLM, CheckpointError, ContextTooLongError, InputError, SoftPrompts
+from e2llm import E2LLM, CheckpointError, ConfigError, ContextTooLongError, InputError, SoftPrompts
 from e2llm.checkpoint import WEIGHTS_NAME
 
 DOC = ("The red fox lives in the northern forest. It hunts at night.\n" * 12) + "The blue whale sings in the deep sea. " * 12
@@ -300,3 +300,16 @@ def test_bench_rows_and_full_context_switches_lora_off_only_for_itself(make_tiny
     for row in (full, compressed):
         assert 0 < row.ttft_s <= row.total_s and row.context_tokens == full.context_tokens
     assert compressed.decoder_tokens < full.decoder_tokens
+
+
+def test_set_prompt_changes_later_calls_and_validates(make_tiny_engine):
+    engine = make_tiny_engine()
+    before = engine.layout.ids("Who?", [])
+    engine.set_prompt(user="Read: {document}\nAsk: {question}")
+    assert engine.config.prompt.user == "Read: {document}\nAsk: {question}"
+    assert engine.layout.ids("Who?", []) != before  # later calls template with the new text
+    with pytest.raises(ConfigError, match="set_prompt: .*colour"):
+        engine.set_prompt(colour="red")
+    with pytest.raises(ConfigError, match=r"\{document\} exactly once"):
+        engine.set_prompt(user="no slots")
+    assert engine.config.prompt.user == "Read: {document}\nAsk: {question}"  # a failed call changes nothing

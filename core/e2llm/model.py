@@ -22,7 +22,7 @@ from .adapter import build_adapter
 from .cache import TensorCache, content_key
 from .checkpoint import check_tensors, read_config, read_tensors, save_checkpoint
 from .chunking import Chunk, chunk_texts
-from .config import E2LLMConfig, LoraSettings
+from .config import E2LLMConfig, LoraSettings, PromptConfig, validate_config
 from .errors import CheckpointError, InputError, ModelNotFoundError
 from .generation import GenerationMixin
 from .softprompts import SoftPrompts
@@ -171,6 +171,14 @@ class E2LLM(GenerationMixin, nn.Module):
         if dtype:
             tensors = {k: v.to(_DTYPES[dtype]) for k, v in tensors.items()}
         save_checkpoint(Path(path), self.config, tensors)
+
+    def set_prompt(self, **fields) -> None:
+        """Change prompt settings (``system``, ``user`` with {document} and {question},
+        ``raw_passages_header``, ...) for every later call; validated like a config file."""
+        prompt = validate_config(PromptConfig, {**self.config.prompt.model_dump(), **fields}, "set_prompt")
+        with self.lock:
+            self.config.prompt = prompt
+            self.layout = PromptLayout(self.decoder_tokenizer, prompt)
 
     def num_parameters(self) -> dict[str, int]:
         total = sum(p.numel() for p in self.parameters())
