@@ -227,3 +227,63 @@ async def athread_iter(iterator):
     done = object()
     while (item := await asyncio.to_thread(next, iterator, done)) is not done:
         yield item
+
+
+# ---------------------------------------------------------------- batching concurrent calls
+class BatchWhileBusy:
+    """Calls that arrive while the engine is answering wait, then run together as one padded
+    batch: ``batch()`` on a chat model (LangChain runs a thread per input) or concurrent users
+    of one model object take about two engine passes instead of one per call, and a lone call
+    never waits. Only calls with the same ``key`` (the same generation options) share a pass."""
+
+    def __init__(self, max_items: int = 32):
+        self.max_items = max_items
+        self._cv = threading.Condition()
+        self._waiting: list[dict] = []
+        self._busy = False
+
+    def run(self, key: Any, items: list, run_batch) -> list:
+        """``run_batch(items) -> results`` (one per item), for this call's items and those of the
+        calls waiting with the same key."""
+        mine = {"key": key, "items": items, "out": None, "error": None, "done": False}
+        with self._cv:
+            self._waiting.append(mine)
+            while self._busy and not mine["done"]:
+                self._cv.wait()
+            if not mine["done"]:  # the engine is free: take every waiting call with this key
+                self._busy = True
+                group, size = [], 0
+                for call in list(self._waiting):
+                    if call["key"] == key and (call is mine or size + len(call["items"]) <= self.max_items):
+                        group.append(call)
+                        size += len(call["items"])
+                        self._waiting.remove(call)
+        if not mine["done"]:
+            try:
+                self._answer(group, run_batch)
+            finally:
+                with self._cv:
+                    self._busy = False
+                    self._cv.notify_all()
+        if mine["error"] is not None:
+            raise mine["error"]
+        return mine["out"]
+
+    @staticmethod
+    def _answer(group: list[dict], run_batch) -> None:
+        try:
+            out = run_batch([item for call in group for item in call["items"]])
+            start = 0
+            for call in group:
+                call["out"], start = out[start:start + len(call["items"])], start + len(call["items"])
+        except Exception as e:
+            if len(group) == 1:
+                group[0]["error"] = e
+            else:  # one call's bad input must not fail the others: each on its own
+                for call in group:
+                    try:
+                        call["out"] = run_batch(call["items"])
+                    except Exception as own:
+                        call["error"] = own
+        for call in group:
+            call["done"] = True

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any, AsyncIterator, Callable, Iterator, Literal, Optional
 
-from . import (LANGCHAIN_PIP, athread_iter, check_source, fold_messages, generation_kwargs, get_engine, known_params,
-               make_request, result_metadata, source_name, split_prompt, usage, usage_metadata)
+from . import (LANGCHAIN_PIP, BatchWhileBusy, athread_iter, check_source, fold_messages, generation_kwargs, get_engine,
+               known_params, make_request, result_metadata, source_name, split_prompt, usage, usage_metadata)
 
 try:
     from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -25,7 +25,7 @@ try:
     from langchain_core.prompts import BasePromptTemplate, PromptTemplate
     from langchain_core.runnables import Runnable, RunnableLambda
     from langchain_core.runnables.config import run_in_executor
-    from pydantic import BaseModel, Field, model_validator
+    from pydantic import BaseModel, Field, PrivateAttr, model_validator
 except ImportError as e:  # pragma: no cover - exercised with the framework uninstalled
     raise ImportError(f"e2llm's LangChain plugin needs langchain-core: {LANGCHAIN_PIP}") from e
 
@@ -56,6 +56,7 @@ class _E2LLMParams(BaseModel):
     overflow: Literal["error", "truncate"] = "error"
     return_citations: bool = False
     streaming: bool = False
+    _batcher: BatchWhileBusy = PrivateAttr(default_factory=BatchWhileBusy)
 
     @model_validator(mode="before")
     @classmethod
@@ -99,11 +100,13 @@ class _E2LLMParams(BaseModel):
         return make_request(engine, question, context=context, raw_top_n=raw_top_n), []
 
     def _run(self, requests: list, opts: dict) -> list:
-        """One padded batch through the engine -> [(GenerationResult, metadata)]; citations onto the Documents."""
-        reqs = [r for r, _ in requests]
-        results = self._engine().generate_batch(
-            [r.question for r in reqs], [r.context for r in reqs], raw_texts=[r.raw_texts for r in reqs],
-            raw_top_n=reqs[0].engine_raw_top_n, return_citations=opts["citations"], return_result=True, **opts["gen"])
+        """One padded batch through the engine, shared with concurrent calls that have the same
+        options -> [(GenerationResult, metadata)]; citations onto the Documents."""
+        reqs, engine = [r for r, _ in requests], self._engine()
+        key = (repr(sorted(opts["gen"].items())), opts["citations"], reqs[0].engine_raw_top_n)
+        results = self._batcher.run(key, reqs, lambda group: engine.generate_batch(
+            [r.question for r in group], [r.context for r in group], raw_texts=[r.raw_texts for r in group],
+            raw_top_n=group[0].engine_raw_top_n, return_citations=opts["citations"], return_result=True, **opts["gen"]))
         out = []
         for (req, docs), res in zip(requests, results):
             meta = result_metadata(res, self.model_name, req.num_documents)
@@ -195,7 +198,9 @@ class E2LLM(_E2LLMParams, LLM):
 
 class ChatE2LLM(_E2LLMParams, BaseChatModel):
     """A chat model over e2llm: the messages are folded into the question; documents come as
-    ``documents=``/``context=`` arguments or as ``text-plain`` content blocks in a message."""
+    ``documents=``/``context=`` arguments or as ``text-plain`` content blocks in a message.
+    ``batch()`` (a thread per input) shares padded engine passes: the calls that arrive while
+    one is answered run together next."""
 
     @property
     def _llm_type(self) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import threading
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -287,3 +288,33 @@ def test_default_models_end_to_end():
     assert chat._engine() is llm._engine()  # one load per checkpoint, shared
     msg = chat.invoke("What is the capital of Germany?", documents=docs)
     assert msg.usage_metadata["output_tokens"] <= 8
+
+
+def test_chat_batch_shares_padded_passes_and_keeps_errors_apart(plugin_engine, monkeypatch):
+    chat = ChatE2LLM(engine=plugin_engine)
+    asks = [[HumanMessage(content=[*({"type": "text-plain", "text": t} for t in DOCS), {"type": "text", "text": q}])]
+            for q in QUESTIONS * 2]
+    sequential = [chat.invoke(m).content for m in asks]
+    spy = BatchSpy(plugin_engine, monkeypatch)
+    inner, first = plugin_engine.generate_batch, threading.Event()
+
+    def held(questions, contexts, **kw):  # the first pass waits until every other call is queued behind it
+        if not first.is_set():
+            first.set()
+            deadline = time.time() + 30
+            while len(chat._batcher._waiting) < len(asks) - 1 and time.time() < deadline:
+                time.sleep(0.005)
+        return inner(questions, contexts, **kw)
+
+    monkeypatch.setattr(plugin_engine, "generate_batch", held)
+    answers = chat.batch(asks)
+    assert [a.content for a in answers] == sequential
+    assert [len(c["questions"]) for c in spy.calls] == [1, len(asks) - 1]  # two engine passes for six calls
+    # a call that fails inside a shared pass fails alone; the others still get their answers
+    first.clear()
+    spy.calls.clear()
+    too_long = [HumanMessage(content=[{"type": "text-plain", "text": " ".join(DOCS) * 300}, {"type": "text", "text": "Why?"}])]
+    out = chat.batch([asks[0], too_long, *asks[1:]], return_exceptions=True)
+    assert isinstance(out[1], ContextTooLongError)
+    assert [o.content for i, o in enumerate(out) if i != 1] == sequential
+    assert len(spy.calls[1]["questions"]) == len(asks)  # it was shared, then each call ran alone
