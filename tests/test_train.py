@@ -133,6 +133,28 @@ def test_training_lowers_the_loss_and_writes_a_loadable_model(tiny_backbones, tm
     assert kept == ["step-000022", "step-000024", "step-000025"]  # keep_last = 3
 
 
+def test_reconstruction_can_be_kept_from_the_decoder_lora(tiny_backbones, tmp_path):
+    def trained(name, **objective):
+        cfg = tiny_train_config(tiny_backbones, tmp_path / name, max_steps=3)
+        cfg.objective = cfg.objective.model_copy(update=objective)
+        trainer = Trainer(cfg, data=tiny_data())
+        before = {k: v.clone() for k, v in trainer.engine.trained_state_dict().items()}
+        after = E2LLM.from_pretrained(trainer.train()).trained_state_dict()
+        changed = lambda prefix: any(not torch.equal(before[k], after[k]) for k in before if k.startswith(prefix))  # noqa: E731
+        return trainer, changed
+
+    trainer, changed = trained("recon-only", recon_trains_decoder=False, reason=False)
+    assert changed("adapter.") and changed("encoder_lora.") and not changed("decoder_lora.")
+    parts = trainer._micro_batches(trainer._step_samples(0))
+    assert [{trainer._step_samples(0)[i].kind for i in p} for p in parts] == [{"recon"}]
+    _, changed = trained("both", recon_trains_decoder=False)
+    assert changed("decoder_lora.")  # QA still tunes it
+    trainer, changed = trained("default")
+    assert changed("decoder_lora.")
+    samples = trainer._step_samples(0)
+    assert len(trainer._micro_batches(samples)) == 1 and {s.kind for s in samples} == {"recon", "reason"}
+
+
 def test_overlong_samples_are_skipped(tiny_backbones, tmp_path, capsys):
     cfg = tiny_train_config(tiny_backbones, tmp_path / "run", max_steps=1)
     data = tiny_data()

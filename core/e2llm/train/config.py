@@ -62,6 +62,10 @@ class ObjectiveConfig(_Strict):
     recon_weight: float = Field(0.5, ge=0, description="lambda in lambda * L_recon + L_reason")
     recon_only_steps: int = Field(0, ge=0, description="first steps train reconstruction alone")
     reason: bool = True
+    # False: only the QA loss tunes the decoder's LoRA. Reconstruction then cannot teach the
+    # decoder the corpus's prior (which lowers the loss without the soft prompts and leaves them
+    # carrying little); it still trains the adapter and encoder LoRA against that decoder.
+    recon_trains_decoder: bool = True
 
 
 class TrainConfig(_Strict):

@@ -198,6 +198,7 @@ class Trainer:
         data = data or build_data(cfg.data, self.engine.config.prompt.reconstruct_question)
         self.data = self._filter(data)
         self.run_dir = Path(cfg.output_dir)
+        self.decoder_lora = [p for n, p in self.engine.named_parameters() if p.requires_grad and n.startswith("decoder.")]
         self.loss_fn = ObjectiveLoss(self.engine)
         self.model = Parallel(self.loss_fn, cfg.parallelism, self.world, self.device)
         o = cfg.optim
@@ -231,6 +232,18 @@ class Trainer:
         if cfg.objective.reason and step >= cfg.objective.recon_only_steps:
             out += [d.reason_train[i] for i in sample_indices(len(d.reason_train), step, bs, cfg.seed, "reason")]
         return out
+
+    def _micro_batches(self, samples: Sequence[Sample]) -> list[list[int]]:
+        """Sample indices per micro-batch, each of similar length (padding to the longest sample
+        is what costs here). Without recon_trains_decoder, reconstruction samples get their own
+        micro-batches, first, so their gradient can be kept from the decoder's LoRA."""
+        micro = math.ceil(len(samples) / self.cfg.optim.grad_accum)
+        by_length = lambda idx: sorted(idx, key=lambda i: self._approx_tokens(samples[i]))  # noqa: E731
+        if self.cfg.objective.recon_trains_decoder:
+            groups = [by_length(range(len(samples)))]
+        else:
+            groups = [by_length([i for i, s in enumerate(samples) if s.kind == kind]) for kind in ("recon", "reason")]
+        return [g[i:i + micro] for g in groups for i in range(0, len(g), micro)]
 
     def _weights(self, samples: Sequence[Sample]) -> torch.Tensor:
         """Per-sample loss weights: objective weight / that objective's global target tokens."""
@@ -282,10 +295,7 @@ class Trainer:
             samples = self._step_samples(step)
             weights = self._weights(samples)
             sums = torch.zeros(4)  # ce recon, tokens recon, ce reason, tokens reason (this process)
-            # micro-batches of similar length: padding to the longest sample is what costs here
-            order = sorted(range(len(samples)), key=lambda i: self._approx_tokens(samples[i]))
-            micro = math.ceil(len(samples) / o.grad_accum)
-            parts = [order[i:i + micro] for i in range(0, len(order), micro)]
+            parts = self._micro_batches(samples)
             for j, idx in enumerate(parts):
                 mine = idx[self.rank::self.world]
                 sync = j == len(parts) - 1
@@ -297,6 +307,9 @@ class Trainer:
                     k = 0 if samples[i].kind == "recon" else 2
                     sums[k] += c
                     sums[k + 1] += n
+                if not cfg.objective.recon_trains_decoder and all(samples[i].kind == "recon" for i in idx):
+                    for p in self.decoder_lora:  # recon parts come first: drop what they gave the decoder
+                        p.grad = None
             params = [p for g in self.groups for p in g["params"]]
             self.model.finish_backward(params)
             grad_norm = self.model.clip_grad_norm(params, o.clip_norm)
