@@ -13,11 +13,11 @@ RECIPES = [
     ("v1 (stage 1)", 0.032, 15, False, (6, 6)),
     ("stages 1-3", 0.117, 11, False, (6, 6)),
     ("stages 1-3, k = 4", 0.146, 12, False, (6, 6)),
-    ("shipped (stages 1-4)", 0.141, 17, True, (6, 6)),
+    ("previous default (stages 1-4)", 0.141, 17, False, (6, 6)),
     ("frozen decoder + QA", 0.477, 8, False, (-40, 8)),
     ("+ decoder stage", 0.530, 8, False, (6, -12)),
     ("frozen decoder, then QA-only decoder LoRA", 0.865, 13, False, (-200, 8)),
-    ("+ 100 more steps", 1.100, 16, False, (-80, 8)),
+    ("shipped: + 100 more steps", 1.100, 16, True, (-130, 8)),
 ]
 RAG, NONE = 10, 1
 

@@ -1,21 +1,27 @@
 #!/usr/bin/env bash
-# Reproduce the shipped default checkpoint (about 2 h 40 min on a 2-core CPU), then copy it into
+# Reproduce the shipped default checkpoint (about 2 h 10 min on a 2-core CPU), then copy it into
 # the package. Stages (each config says why):
-#   1  configs/default.yaml                   everything trains on QA + reconstruction (v1)
-#   2  configs/ablation-frozen-decoder.yaml   adapter + encoder LoRA against a frozen decoder;
-#                                             its step-250 checkpoint is what stage 3 takes
-#   3  configs/default-3-recon.yaml           stage 1's decoder LoRA (frozen) + stage 2's adapter,
-#                                             200 reconstruction steps
-#   4  configs/default-4-joint.yaml           100 joint steps, everything trains
+#   1  configs/ablation-frozen-decoder.yaml     adapter + encoder LoRA against the frozen decoder:
+#                                               reconstruction, then QA too (450 steps)
+#   2  configs/ablation-qa-only-decoder.yaml    everything trains, but only the QA loss reaches
+#                                               the decoder's LoRA (150 steps)
+#   3  configs/ablation-qa-only-decoder-2.yaml  100 more such steps
+# The package's config reads the 2 most similar chunks raw as well (hybrid reading, raw_top_n: 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1
 E=.venv/bin/e2llm
-$E train --config configs/default.yaml
 $E train --config configs/ablation-frozen-decoder.yaml
-.venv/bin/python scripts/merge_checkpoints.py runs/default/model runs/frozen-decoder/checkpoints/step-000250 runs/merge-v1-frozen
-$E train --config configs/default-3-recon.yaml
-$E train --config configs/default-4-joint.yaml
-cp runs/default-4/model/config.json runs/default-4/model/model.safetensors core/e2llm/checkpoints/default/
+$E train --config configs/ablation-qa-only-decoder.yaml
+$E train --config configs/ablation-qa-only-decoder-2.yaml
+cp runs/qa-only-decoder-2/model/config.json runs/qa-only-decoder-2/model/model.safetensors core/e2llm/checkpoints/default/
+.venv/bin/python - <<'PY'
+from pathlib import Path
+from e2llm.config import E2LLMConfig
+path = Path("core/e2llm/checkpoints/default/config.json")
+config = E2LLMConfig.model_validate_json(path.read_text())
+config.raw_top_n = 2
+path.write_text(config.to_json())
+PY
 $E validate --checkpoint default
