@@ -102,8 +102,10 @@ class Parallel:
         if not self.sharded:
             return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
         grads = [p.grad for p in params if p.grad is not None]
-        whole = sum((g.float().pow(2).sum() for g in grads if not isinstance(g, DTensor)), torch.zeros(()))
-        shards = sum((g.to_local().float().pow(2).sum().cpu() for g in grads if isinstance(g, DTensor)), torch.zeros(()))
+        # sums stay on the gradients' device: NCCL reduces only GPU tensors
+        zero = torch.zeros((), device=grads[0].device if grads else "cpu")
+        whole = sum((g.float().pow(2).sum() for g in grads if not isinstance(g, DTensor)), zero)
+        shards = sum((g.to_local().float().pow(2).sum() for g in grads if isinstance(g, DTensor)), zero.clone())
         dist.all_reduce(shards)
         total = float((whole + shards).sqrt())
         scale = min(1.0, max_norm / (total + 1e-6))  # torch's rule
