@@ -68,11 +68,13 @@ class Parallel:
     """Wraps the loss module for the strategy; the trainer calls it like the module."""
 
     def __init__(self, module: nn.Module, strategy: str, world: int, device: str):
-        self.module, self.strategy, self.world = module, strategy, world
+        self.module, self.world = module, world
         self.ddp = None
         if world > 1 and strategy == "ddp":
             self.ddp = nn.parallel.DistributedDataParallel(module, device_ids=None if device == "cpu" else [device])
         self.sharded = world > 1 and strategy == "fsdp"
+        # the FSDP units (already sharded when this is built), found once, not per micro-batch
+        self._fsdp_units = [m for m in module.modules() if hasattr(m, "set_requires_gradient_sync")] if self.sharded else []
 
     def __call__(self, *args, **kwargs):
         return (self.ddp or self.module)(*args, **kwargs)
@@ -83,7 +85,7 @@ class Parallel:
             return nullcontext()
         if self.ddp is not None:
             return self.ddp.no_sync()
-        return _FsdpNoSync(self.module)
+        return _FsdpNoSync(self._fsdp_units)
 
     def finish_backward(self, params: Iterable[nn.Parameter]) -> None:
         """fsdp: average the gradients of what is not sharded (encoder LoRA, adapter), in one call."""
@@ -116,8 +118,8 @@ class Parallel:
 
 
 class _FsdpNoSync:
-    def __init__(self, module: nn.Module):
-        self.units = [m for m in module.modules() if hasattr(m, "set_requires_gradient_sync")]
+    def __init__(self, units: list[nn.Module]):
+        self.units = units
 
     def __enter__(self):
         for m in self.units:

@@ -141,10 +141,16 @@ def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> No
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
+def whole_trained_state(engine: E2LLM) -> dict[str, torch.Tensor]:
+    """The trained tensors, whole and on the CPU. Under FSDP gathering shards is collective:
+    every process calls this."""
+    return {k: full(v).detach().contiguous().cpu() for k, v in engine.trained_state_dict().items()}
+
+
 def save_training_state(path: Path, engine: E2LLM, opt, step: int, cfg: TrainConfig, write: bool = True) -> None:
     """A loadable model checkpoint plus what resuming needs, written atomically. Under FSDP
     every process calls it (gathering shards is collective) and one writes."""
-    model_tensors = {k: full(v).detach().contiguous().cpu() for k, v in engine.trained_state_dict().items()}
+    model_tensors = whole_trained_state(engine)
     opt_tensors, opt_meta = _optimizer_tensors(opt)
     if not write:
         return
@@ -338,7 +344,7 @@ class Trainer:
                     _prune(self.run_dir, cfg.keep_last)
                 self._barrier()
         final = self.run_dir / "model"
-        tensors = {k: full(v) for k, v in self.engine.trained_state_dict().items()}  # every process: gathers shards
+        tensors = whole_trained_state(self.engine)
         if self.rank == 0:
             self.engine.config.trained = True
             self.engine.save_pretrained(final, dtype=cfg.save_dtype, tensors=tensors)
