@@ -4,21 +4,22 @@ fp32 on this machine, under cProfile.
 
     python scripts/profile_train_step.py
 """
-import cProfile, pstats, time, sys, torch
+import cProfile
+import pstats
+import time
+
 from e2llm.train import TrainConfig, Trainer
 cfg = TrainConfig.load("configs/gpu-k1.yaml")
 cfg.data.builtin.num_qa_train, cfg.data.builtin.num_recon_train = 400, 400
 cfg.data.builtin.num_qa_val = cfg.data.builtin.num_recon_val = 0
-cfg.optim.batch_size, cfg.optim.grad_accum, cfg.optim.backbone_dtype = 16, 1, "float32"
+cfg.optim.batch_size, cfg.optim.grad_accum, cfg.optim.backbone_dtype = 16, 8, "float32"  # micro-batches of 4
 cfg.output_dir = "build/profile-run"; cfg.num_generation_checks = 0
 t = Trainer(cfg)
 samples = t._step_samples(0)
 print(len(samples), "samples")
 def step():
     w = t._weights(samples)
-    order = sorted(range(len(samples)), key=lambda i: t._approx_tokens(samples[i]))
-    for j in range(0, len(order), 4):
-        idx = order[j:j + 4]
+    for idx in t._micro_batches(samples):  # the trainer's own length-sorted split
         ce, n = t.model([samples[i] for i in idx])
         (ce * w[idx]).sum().backward()
 step()  # warm
