@@ -313,3 +313,13 @@ def test_merge_checkpoints_script_combines_parts_and_adds_queries(make_tiny_engi
         proc = subprocess.run([sys.executable, str(script), *bad[:2], str(tmp_path / "bad"), *bad[2:]], capture_output=True, text=True)
         assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [proc.stderr.strip()] and needle in proc.stderr
         assert "Traceback" not in proc.stderr and not (tmp_path / "bad").exists()
+
+
+def test_fsdp_without_known_layers_is_a_config_error():
+    from e2llm.train.distributed import shard_decoder
+
+    class NoLayers(torch.nn.Module):  # a decoder that names no layer classes to shard
+        _no_split_modules = None
+
+    with pytest.raises(ConfigError, match="parallelism 'fsdp'.*use parallelism 'ddp'"):
+        shard_decoder(NoLayers(), world=2, device="cpu", compute_dtype=None)

@@ -23,6 +23,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 
+from ..errors import ConfigError
+
 
 def dist_info() -> tuple[int, int]:
     """(rank, world size); joins the process group torchrun / accelerate launch set up."""
@@ -48,13 +50,13 @@ def shard_decoder(decoder: nn.Module, world: int, device: str, compute_dtype: to
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    mesh = init_device_mesh("cuda" if device.startswith("cuda") else "cpu", (world,))
-    policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32) if compute_dtype else MixedPrecisionPolicy()
     layer_classes = set(getattr(decoder, "_no_split_modules", None) or [])
     layers = [m for m in decoder.modules() if type(m).__name__ in layer_classes]
     if not layers:
-        raise ValueError(f"parallelism 'fsdp': cannot find the transformer layers of {type(decoder).__name__} "
-                         "(it names none in _no_split_modules); use parallelism 'ddp'")
+        raise ConfigError(f"parallelism 'fsdp': cannot find the transformer layers of {type(decoder).__name__} "
+                          "(it names none in _no_split_modules); use parallelism 'ddp'")
+    mesh = init_device_mesh("cuda" if device.startswith("cuda") else "cpu", (world,))
+    policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32) if compute_dtype else MixedPrecisionPolicy()
     for layer in layers:
         fully_shard(layer, mesh=mesh, mp_policy=policy)
     whole = {decoder.get_input_embeddings().weight}
