@@ -130,6 +130,12 @@ def test_rag_reads_about_what_e2llm_reads(tiny_engine):
     hybrid = run_system(tiny_engine, "e2llm_hybrid", item.question, item.context, prepared, settings)
     assert len(hybrid.raw_chunks) == 2 and hybrid.soft_tokens == e2.soft_tokens
     assert e2.latency_s >= e2.call_s + prepared.encode_s - 1e-9
+    # RAG at the hybrid's budget: the hybrid's raw chunks, then more raw text in place of the soft tokens
+    wide = run_system(tiny_engine, "rag_hybrid_budget", item.question, item.context, prepared, settings)
+    raw_tokens = sum(tokens[i] for i in order[:2])
+    assert wide.rag_budget_tokens == e2.soft_tokens + raw_tokens and wide.soft_tokens == 0
+    assert set(order[:2]) <= set(wide.raw_chunks) and len(wide.raw_chunks) > len(picked)
+    assert sum(tokens[i] for i in wide.raw_chunks) >= wide.rag_budget_tokens
 
 
 def test_full_is_na_beyond_the_window(tiny_engine):
@@ -202,7 +208,7 @@ def test_shared_baselines_and_labels(make_tiny_engine):
     assert ("k1", "full", BASE_LABEL) in jobs and ("k2", "rag", "k2") in jobs
     assert not any(ck == "k2" and s in ("full", "none") for ck, s, _ in jobs)
     jobs_on = plan_jobs(cks, SYSTEMS, SystemSettings(baseline_lora=True))
-    assert len(jobs_on) == 10
+    assert len(jobs_on) == 2 * len(SYSTEMS)  # no shared baselines with the LoRA on
 
 
 # ---------------------------------------------------------------------------------- report
@@ -233,6 +239,12 @@ def test_quality_targets_report_numbers():
     assert "PASS (c) [k1] e2llm" in text
     rows = [dict(r, score=0) if r["system"] == "e2llm" else r for r in rows]
     assert "FAIL (b)" in "\n".join(quality_targets(rows))
+    # with RAG at the hybrid's budget present, hybrid is held against it, not against rag
+    rows += [_row("rag_hybrid_budget", task, 16384, i < 3, item=str(i)) for i in range(4)
+             for task in ("two_chunk", "aggregation", "single_fact")]
+    text = "\n".join(quality_targets(rows))
+    assert "FAIL (a) [k1] two_chunk 16K-64K: best hybrid 0.750 vs rag at hybrid's budget 0.750" in text
+    assert "PASS (a) [k1] single_fact 16K-64K: hybrid 0.750 vs rag at hybrid's budget 0.750" in text
 
 
 def test_report_files(tmp_path):
@@ -249,7 +261,7 @@ def test_report_files(tmp_path):
     md = paths["markdown"].read_text()
     assert "| single_fact | 2K | e2llm | contains | 6 |" in md and "Quality targets" in md and "too few documents" in md
     data = json.loads(paths["json"].read_text())
-    assert data["settings"] == {"quick": True} and len(data["cells"]) == 2 * 5 + 3
+    assert data["settings"] == {"quick": True} and len(data["cells"]) == 2 * len(SYSTEMS) + 3
 
 
 # ---------------------------------------------------------------------------------- loader

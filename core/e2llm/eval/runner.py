@@ -8,7 +8,8 @@ those lines are ignored. A line cut short by a kill is reported once (a warning)
 Checkpoint labels are ``k<adapter.tokens_per_chunk>`` (``k4``, then ``k4-2`` for a second
 checkpoint with the same k). With the baseline LoRA off and one decoder for all
 checkpoints, ``full`` and ``none`` do not depend on the checkpoint: they run once, labelled
-``base``. ``rag`` always runs per checkpoint (its budget follows that checkpoint's e2llm).
+``base``. ``rag`` and ``rag_hybrid_budget`` always run per checkpoint (their budgets follow
+that checkpoint's e2llm).
 """
 from __future__ import annotations
 
@@ -149,7 +150,7 @@ def plan_jobs(checkpoints: Sequence[Checkpoint], systems: Sequence[str], setting
 def settings_signature(system: str, ck: Checkpoint, label: str, settings: SystemSettings) -> str:
     """What shapes this system's answer, hashed: a change makes cached results stale."""
     parts: dict[str, Any] = {"max_new_tokens": settings.max_new_tokens}
-    if system == "e2llm_hybrid":
+    if system in ("e2llm_hybrid", "rag_hybrid_budget"):
         parts["raw_top_n"] = settings.raw_top_n
     if system not in E2LLM_SYSTEMS:
         parts["baseline_lora"] = settings.baseline_lora

@@ -7,6 +7,10 @@
   in rank order until their decoder tokens reach the soft tokens e2llm reads for the same
   item (at least one chunk), then put back in document order. Same chunking, same
   retriever (:meth:`E2LLM.rank_chunks`: the encoder with its LoRA off).
+- ``rag_hybrid_budget``: the same, with the budget of ``e2llm_hybrid`` (its soft tokens plus
+  its ``raw_top_n`` raw chunks): hybrid's raw chunks, then more raw chunks in place of the
+  compressed rest of the document. It asks whether compressing everything is worth more
+  than the same decoder tokens spent on raw text.
 - ``full``: the whole document as raw text, only where it fits the decoder window; else
   the result is ``n/a (exceeds window)``, never a truncated document.
 - ``none``: the question alone: the floor every system should beat.
@@ -34,11 +38,12 @@ from ..errors import ContextTooLongError
 from ..prompts import PromptLayout
 from ..softprompts import SoftPrompts
 
-SYSTEMS = ("e2llm", "e2llm_hybrid", "rag", "full", "none")
+SYSTEMS = ("e2llm", "e2llm_hybrid", "rag", "rag_hybrid_budget", "full", "none")
+RAG_SYSTEMS = frozenset({"rag", "rag_hybrid_budget"})
 E2LLM_SYSTEMS = frozenset({"e2llm", "e2llm_hybrid"})
-PLAIN_TEXT_SYSTEMS = frozenset({"rag", "full", "none"})  # decoder LoRA per baseline_lora
+PLAIN_TEXT_SYSTEMS = RAG_SYSTEMS | {"full", "none"}  # decoder LoRA per baseline_lora
 NEEDS_SOFT = frozenset({"e2llm", "e2llm_hybrid"})
-NEEDS_RETRIEVAL = frozenset({"e2llm_hybrid", "rag"})
+NEEDS_RETRIEVAL = RAG_SYSTEMS | {"e2llm_hybrid"}
 NEEDS_CHUNKS = NEEDS_SOFT | NEEDS_RETRIEVAL
 NA_WINDOW = "n/a (exceeds window)"
 
@@ -166,11 +171,13 @@ def run_system(engine, system: str, question: str, context: str, prepared: Prepa
             if system in E2LLM_SYSTEMS:
                 raw_top_n = settings.raw_top_n if system == "e2llm_hybrid" else 0
                 result = engine.generate(question, prepared.soft, raw_top_n=raw_top_n, overflow="truncate", **kwargs)
-            elif system == "rag":
+            elif system in RAG_SYSTEMS:
                 budget = e2llm_soft_tokens(engine, question, len(prepared.chunks), settings.max_new_tokens)
                 order = engine.rank_chunks(question, prepared.chunks)
                 tok = engine.decoder_tokenizer
                 count = lambda i: len(tok(prepared.chunks[i].text, add_special_tokens=False)["input_ids"])  # noqa: E731
+                if system == "rag_hybrid_budget":  # + the raw chunks hybrid reads (its top raw_top_n)
+                    budget += sum(count(i) for i in order[:settings.raw_top_n])
                 picked, _ = select_rag_chunks(order, count, budget)
                 result = engine.generate(question, None, raw_texts=[prepared.chunks[i].text for i in picked], **kwargs)
                 result.raw_chunks = picked
