@@ -217,8 +217,9 @@ def test_sigkill_then_resume_matches_uninterrupted(tiny_backbones, tmp_path):
         assert ka == pytest.approx(ra, rel=1e-4) and kb == pytest.approx(rb, rel=1e-4)
 
 
-def _torchrun(script, cfg_path, *args, port=29517):
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+def _torchrun(script, cfg_path, *args):
+    # --standalone: the rendezvous takes a free port, so two test runs at once never collide
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            str(script), str(cfg_path), *args], env=_env(), capture_output=True, timeout=300)
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     return proc.stdout.decode()
@@ -244,7 +245,7 @@ def test_fsdp_shards_follow_the_single_process_curve_and_resume(tiny_backbones, 
     cfg = tiny_train_config(tiny_backbones, tmp_path / "fsdp", max_steps=steps)
     cfg.parallelism = "fsdp"
     script, cfg_path = _script(tmp_path, cfg)
-    assert "fsdp shards the decoder's 2 layers over 2 processes" in _torchrun(script, cfg_path, port=29518)
+    assert "fsdp shards the decoder's 2 layers over 2 processes" in _torchrun(script, cfg_path)
     a, b = losses(tmp_path / "one"), losses(tmp_path / "fsdp")
     assert len(a) == len(b) == steps
     for (_, ra, rb), (_, ka, kb) in zip(a, b):
@@ -258,7 +259,7 @@ def test_fsdp_shards_follow_the_single_process_curve_and_resume(tiny_backbones, 
     # resume from step 4 as if killed after it: the last two steps land on the same curve
     shutil.rmtree(tmp_path / "fsdp" / "checkpoints" / f"step-{steps:06d}")
     shutil.rmtree(tmp_path / "fsdp" / "model")
-    _torchrun(script, cfg_path, "--resume", port=29519)
+    _torchrun(script, cfg_path, "--resume")
     c = losses(tmp_path / "fsdp")
     assert [s for s, *_ in c] == list(range(1, steps + 1))
     for (_, ra, rb), (_, ka, kb) in zip(a, c):
