@@ -2,7 +2,7 @@
 
     python examples/train.py                      # one CPU or GPU
     python examples/train.py --config my.yaml     # the same as `e2llm train --config my.yaml`
-    torchrun --nproc_per_node 2 examples/train.py # DDP (gloo on CPU, nccl on GPUs)
+    torchrun --standalone --nproc_per_node 2 examples/train.py  # DDP (gloo on CPU, nccl on GPUs)
     accelerate launch examples/train.py           # likewise
     # a decoder too big to copy per process: set "parallelism": "fsdp" below (FSDP2 shards its layers)
 
