@@ -1,0 +1,54 @@
+"""How each system's answers to multiple-choice synthetic questions fall: the right choice,
+another listed choice, or nothing on the list (a made-up name, a sentence without one).
+
+    python scripts/choice_answers.py runs/long-hb            # an `e2llm eval` output folder
+
+A wrong answer that names no choice is a reading or instruction-following failure, not a
+wrong count: the split tells the two apart. The items are rebuilt from the folder's run.json
+(same seed, lengths, depths and tokens per word), so only synthetic runs are supported.
+"""
+import argparse
+import collections
+import json
+import sys
+from pathlib import Path
+
+from e2llm.eval.metrics import predict_choice
+from e2llm.eval.tasks import METRIC_BY_TASK, synthetic_items
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", type=Path, help="an e2llm eval --output folder (synthetic tasks)")
+    args = parser.parse_args()
+    run_file, results = args.folder / "run.json", args.folder / "items.jsonl"
+    if not run_file.exists() or not results.exists():
+        sys.exit(f"{args.folder}: no run.json / items.jsonl; pass the --output folder of an e2llm eval run")
+    run = json.loads(run_file.read_text())
+    if run.get("data"):
+        sys.exit(f"{args.folder}: a --data run; only synthetic runs can be rebuilt")
+    tasks = [t for t in run["tasks"] if METRIC_BY_TASK[t] == "choice"]
+    if not tasks:
+        sys.exit(f"{args.folder}: no multiple-choice task (aggregation, topic) in this run")
+    items, _ = synthetic_items(tasks, run["lengths"], run["depths"], run["items_per_task"],
+                               tokens_per_word=run["tokens_per_word"], seed=run["seed"])
+    by_key = {(i.task, i.length, i.item_id): i for i in items}
+    counts: dict[tuple, collections.Counter] = collections.defaultdict(collections.Counter)
+    for line in results.read_text().splitlines():
+        row = json.loads(line)
+        item = by_key.get((row["task"], row["length"], row["item_id"]))
+        if item is None or row["status"] != "ok":
+            continue
+        picked = predict_choice(row["prediction"], item.choices, item.letters)
+        outcome = "right" if picked == item.answer_index else "another choice" if picked is not None else "no choice"
+        counts[(row["task"], row["system"], row["checkpoint"])][outcome] += 1
+    print("| task | system | checkpoint | right | another listed choice | nothing on the list |")
+    print("|---|---|---|---:|---:|---:|")
+    for (task, system, ck), c in sorted(counts.items()):
+        n = sum(c.values())
+        print(f"| {task} | {system} | {ck} | {c['right']}/{n} | {c['another choice']}/{n} | {c['no choice']}/{n} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
