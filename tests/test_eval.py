@@ -371,3 +371,27 @@ def test_cli_runs_on_data(tiny_backbones, tmp_path):
     assert (out / "results.md").exists() and (out / "accuracy_vs_length.png").stat().st_size > 0
     assert len((out / "items.jsonl").read_text().splitlines()) == 8
     assert json.loads((out / "run.json").read_text())["checkpoints"] == {"k1": str(ck)}
+
+
+def test_choice_answers_script_splits_right_other_and_off_list(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from e2llm.eval.tasks import synthetic_items
+
+    run = {"tasks": ["aggregation"], "lengths": [600], "depths": [0.5], "items_per_task": 3, "seed": 1000,
+           "tokens_per_word": 1.8}
+    items, _ = synthetic_items(["aggregation"], [600], [0.5], 3, tokens_per_word=1.8, seed=1000)
+    right, wrong = items[0].choices[items[0].answer_index], items[1].choices[1 - items[1].answer_index]
+    answers = [f"The {right} is mentioned most.", wrong, "a purple zeppelin"]
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    (tmp_path / "items.jsonl").write_text("".join(
+        json.dumps({"task": i.task, "length": i.length, "item_id": i.item_id, "system": "rag", "checkpoint": "k1",
+                    "status": "ok", "prediction": p}) + "\n" for i, p in zip(items, answers)))
+    script = Path(__file__).resolve().parents[1] / "scripts" / "choice_answers.py"
+    done = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "| aggregation | rag | k1 | 1/3 | 1/3 | 1/3 |" in done.stdout
+    bad = subprocess.run([sys.executable, str(script), str(tmp_path / "nope")], capture_output=True, text=True)
+    assert bad.returncode == 1 and "no run.json" in bad.stderr and "Traceback" not in bad.stderr
