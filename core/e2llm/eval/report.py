@@ -14,7 +14,7 @@ from typing import Iterable, Optional, Sequence
 
 from .metrics import summarize
 from .runner import BASE_LABEL
-from .systems import NA_WINDOW, SYSTEMS
+from .systems import E2LLM_SYSTEMS, NA_WINDOW, RAG_SYSTEMS, SYSTEMS
 from .tasks import TASKS, format_length
 
 HEATMAP_TASK = "single_fact"
@@ -114,7 +114,7 @@ def quality_targets(rows: Sequence[dict]) -> list[str]:
     ``rag_hybrid_budget`` when it ran); (b) at 4K, e2llm >= 80% of full-context accuracy
     reading >= 10x fewer decoder tokens; (c) every system above the no-context floor. Compared on the same items."""
     lines = []
-    labels = sorted({r["checkpoint"] for r in rows if r["system"] in ("e2llm", "e2llm_hybrid", "rag", "rag_hybrid_budget")})
+    labels = sorted({r["checkpoint"] for r in rows if r["system"] in E2LLM_SYSTEMS | RAG_SYSTEMS})
     for ck in labels:
         def base(system):
             return (system, BASE_LABEL) if any(r["system"] == system and r["checkpoint"] == BASE_LABEL for r in rows) else (system, ck)
@@ -158,7 +158,7 @@ def quality_targets(rows: Sequence[dict]) -> list[str]:
                 verdict = "PASS" if acc_e >= 0.8 * acc_f and ratio >= 10 else "FAIL"
                 lines.append(f"{verdict} (b) {tag} 4K: {name} {acc_e:.3f} = {acc_e / acc_f:.0%} of full {acc_f:.3f} "
                              f"(needs >= 80%), reading {ratio:.1f}x fewer decoder tokens (needs >= 10x; n={len(e)})")
-        for system in ("e2llm", "e2llm_hybrid", "rag", "rag_hybrid_budget", "full"):
+        for system in [name for name in SYSTEMS if name != "none"]:  # every reader against the floor
             a = base(system) if system == "full" else (system, ck)
             s, floor = _paired(rows, a, base("none"))
             if not s:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
 from .metrics import all_scores, score
-from .systems import E2LLM_SYSTEMS, SYSTEMS, Outcome, SystemSettings, prepare_item, run_system
+from .systems import E2LLM_SYSTEMS, SYSTEMS, USES_RAW_TOP_N, Outcome, SystemSettings, prepare_item, run_system
 from .tasks import EvalItem
 
 ITEMS_FILE = "items.jsonl"
@@ -150,7 +150,7 @@ def plan_jobs(checkpoints: Sequence[Checkpoint], systems: Sequence[str], setting
 def settings_signature(system: str, ck: Checkpoint, label: str, settings: SystemSettings) -> str:
     """What shapes this system's answer, hashed: a change makes cached results stale."""
     parts: dict[str, Any] = {"max_new_tokens": settings.max_new_tokens}
-    if system in ("e2llm_hybrid", "rag_hybrid_budget"):
+    if system in USES_RAW_TOP_N:
         parts["raw_top_n"] = settings.raw_top_n
     if system not in E2LLM_SYSTEMS:
         parts["baseline_lora"] = settings.baseline_lora

@@ -45,6 +45,7 @@ PLAIN_TEXT_SYSTEMS = RAG_SYSTEMS | {"full", "none"}  # decoder LoRA per baseline
 NEEDS_SOFT = frozenset({"e2llm", "e2llm_hybrid"})
 NEEDS_RETRIEVAL = RAG_SYSTEMS | {"e2llm_hybrid"}
 NEEDS_CHUNKS = NEEDS_SOFT | NEEDS_RETRIEVAL
+USES_RAW_TOP_N = frozenset({"e2llm_hybrid", "rag_hybrid_budget"})  # settings.raw_top_n shapes their answers
 NA_WINDOW = "n/a (exceeds window)"
 
 
