@@ -10,7 +10,9 @@ made float32 logits of 35-60 GB per process. On the 2-core CPU its commit (df0d8
 both ways) and 0.97x and 0.86x (min over 3 repeats, which ranged 18-35 s): no CPU speed-up,
 perhaps a small loss. The memory reason stands; the speed claim does not.
 """
-import time, torch, torch.nn.functional as F
+import time
+
+import torch.nn.functional as F
 from e2llm import E2LLM
 from e2llm.softprompts import SoftPrompts
 from e2llm.splice import IGNORE_INDEX, splice

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from e2llm.eval.metrics import predict_choice
-from e2llm.eval.tasks import METRIC_BY_TASK, synthetic_items
+from e2llm.eval.tasks import METRIC_BY_TASK, run_items
 
 
 def main() -> int:
@@ -30,8 +30,7 @@ def main() -> int:
     tasks = [t for t in run["tasks"] if METRIC_BY_TASK[t] == "choice"]
     if not tasks:
         sys.exit(f"{args.folder}: no multiple-choice task (aggregation, topic) in this run")
-    items, _ = synthetic_items(tasks, run["lengths"], run["depths"], run["items_per_task"],
-                               tokens_per_word=run["tokens_per_word"], seed=run["seed"])
+    items = run_items(run, tasks)
     by_key = {(i.task, i.length, i.item_id): i for i in items}
     counts: dict[tuple, collections.Counter] = collections.defaultdict(collections.Counter)
     for line in results.read_text().splitlines():

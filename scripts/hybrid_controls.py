@@ -24,7 +24,8 @@ from tqdm import tqdm
 
 from e2llm import E2LLM
 from e2llm.eval.metrics import score
-from e2llm.eval.tasks import synthetic_items
+from e2llm.eval.systems import decoder_lora
+from e2llm.eval.tasks import run_items
 from e2llm.softprompts import SoftPrompts
 
 READINGS = ("hybrid", "raw top-n", "swapped soft")
@@ -44,8 +45,7 @@ def main() -> int:
     unknown = [t for t in args.tasks if t not in run.get("tasks", [])]
     if unknown:
         sys.exit(f"{args.folder}: the run has no task(s) {', '.join(unknown)}; it has {', '.join(run.get('tasks', []))}")
-    items, _ = synthetic_items(args.tasks, run["lengths"], run["depths"], run["items_per_task"],
-                               tokens_per_word=run["tokens_per_word"], seed=run["seed"])
+    items = run_items(run, args.tasks)
     warnings.filterwarnings("ignore", message=".*generation flags.*")
     engine = E2LLM.from_pretrained(args.checkpoint)
     cells: dict[tuple, list] = collections.defaultdict(lambda: [0.0, 0])
@@ -57,14 +57,11 @@ def main() -> int:
             raw = [chunks[i].text for i in engine.raw_chunk_indices(item.question, chunks, args.raw_top_n)]
             contexts = {"hybrid": SoftPrompts(engine.encode_chunks(chunks), chunks), "raw top-n": None,
                         "swapped soft": SoftPrompts(engine.encode_chunks(other_chunks), other_chunks)}
+            kwargs = dict(raw_texts=raw, raw_top_n=0, max_new_tokens=32, stop=list(item.stop),
+                          return_result=True, overflow="truncate")
             for reading in READINGS:
                 for decoder in ("plain", "tuned"):
-                    kwargs = dict(raw_texts=raw, raw_top_n=0, max_new_tokens=32, stop=list(item.stop),
-                                  return_result=True, overflow="truncate")
-                    if decoder == "plain":
-                        with engine.decoder.disable_adapter():
-                            result = engine.generate(item.question, contexts[reading], **kwargs)
-                    else:
+                    with decoder_lora(engine, enabled=decoder == "tuned"):
                         result = engine.generate(item.question, contexts[reading], **kwargs)
                     right = score(item.metric, result.text, item.answers, item.choices, item.answer_index, item.letters)
                     cells[(item.task, reading, decoder)][0] += right

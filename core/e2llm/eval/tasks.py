@@ -149,6 +149,14 @@ def synthetic_items(tasks: Sequence[str] = TASKS, lengths: Sequence[int] = DEFAU
     return items, skipped
 
 
+def run_items(run: dict, tasks: Optional[Sequence[str]] = None) -> list[EvalItem]:
+    """The synthetic items of a finished ``e2llm eval`` run, rebuilt from the settings its
+    run.json records (same tasks, lengths, depths, items, tokens per word and seed: same items)."""
+    items, _ = synthetic_items(run["tasks"] if tasks is None else tasks, run["lengths"], run["depths"],
+                               run["items_per_task"], tokens_per_word=run["tokens_per_word"], seed=run["seed"])
+    return items
+
+
 def _cell(task, length, depths, n, tokens_per_word, docs, seed) -> list[EvalItem]:
     if task not in DEPTH_TASKS:
         samples = make_qa_samples(docs, n, seed, length, kinds=[task], tokens_per_word=tokens_per_word)
