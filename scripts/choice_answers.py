@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+from e2llm.errors import InputError
 from e2llm.eval.metrics import predict_choice
 from e2llm.eval.tasks import METRIC_BY_TASK, run_items
 
@@ -30,11 +31,19 @@ def main() -> int:
     tasks = [t for t in run["tasks"] if METRIC_BY_TASK[t] == "choice"]
     if not tasks:
         sys.exit(f"{args.folder}: no multiple-choice task (aggregation, topic) in this run")
-    items = run_items(run, tasks)
+    try:
+        items = run_items(run, tasks)
+    except InputError as e:
+        sys.exit(f"{run_file}: {e}")
     by_key = {(i.task, i.length, i.item_id): i for i in items}
     counts: dict[tuple, collections.Counter] = collections.defaultdict(collections.Counter)
-    for line in results.read_text().splitlines():
-        row = json.loads(line)
+    for number, line in enumerate(results.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            sys.exit(f"{results}:{number}: not a JSON line (cut short by a kill? rerun the eval to repair it)")
         item = by_key.get((row["task"], row["length"], row["item_id"]))
         if item is None or row["status"] != "ok":
             continue

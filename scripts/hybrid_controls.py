@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from e2llm import E2LLM
+from e2llm import E2LLM, InputError
 from e2llm.eval.metrics import score
 from e2llm.eval.systems import decoder_lora
 from e2llm.eval.tasks import run_items
@@ -45,7 +45,10 @@ def main() -> int:
     unknown = [t for t in args.tasks if t not in run.get("tasks", [])]
     if unknown:
         sys.exit(f"{args.folder}: the run has no task(s) {', '.join(unknown)}; it has {', '.join(run.get('tasks', []))}")
-    items = run_items(run, args.tasks)
+    try:
+        items = run_items(run, args.tasks)
+    except InputError as e:
+        sys.exit(f"{run_file}: {e}")
     warnings.filterwarnings("ignore", message=".*generation flags.*")
     engine = E2LLM.from_pretrained(args.checkpoint)
     cells: dict[tuple, list] = collections.defaultdict(lambda: [0.0, 0])

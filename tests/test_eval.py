@@ -395,3 +395,12 @@ def test_choice_answers_script_splits_right_other_and_off_list(tmp_path):
     assert "| aggregation | rag | k1 | 1/3 | 1/3 | 1/3 |" in done.stdout
     bad = subprocess.run([sys.executable, str(script), str(tmp_path / "nope")], capture_output=True, text=True)
     assert bad.returncode == 1 and "no run.json" in bad.stderr and "Traceback" not in bad.stderr
+    # a line cut short by a kill, and settings that are not an eval run's: one line each, files kept
+    with open(tmp_path / "items.jsonl", "a") as f:
+        f.write('{"task": "aggreg')
+    bad = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "items.jsonl:4: not a JSON line" in bad.stderr and "Traceback" not in bad.stderr
+    assert (tmp_path / "items.jsonl").read_text().endswith('{"task": "aggreg')
+    (tmp_path / "run.json").write_text(json.dumps({"tasks": ["aggregation"]}))
+    bad = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "run.json lacks lengths" in bad.stderr and "Traceback" not in bad.stderr

@@ -152,6 +152,9 @@ def synthetic_items(tasks: Sequence[str] = TASKS, lengths: Sequence[int] = DEFAU
 def run_items(run: dict, tasks: Optional[Sequence[str]] = None) -> list[EvalItem]:
     """The synthetic items of a finished ``e2llm eval`` run, rebuilt from the settings its
     run.json records (same tasks, lengths, depths, items, tokens per word and seed: same items)."""
+    missing = [k for k in ("tasks", "lengths", "depths", "items_per_task", "tokens_per_word", "seed") if k not in run]
+    if missing:
+        raise InputError(f"run.json lacks {', '.join(missing)}: not the settings of a synthetic e2llm eval run")
     items, _ = synthetic_items(run["tasks"] if tasks is None else tasks, run["lengths"], run["depths"],
                                run["items_per_task"], tokens_per_word=run["tokens_per_word"], seed=run["seed"])
     return items
