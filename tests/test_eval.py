@@ -404,3 +404,29 @@ def test_choice_answers_script_splits_right_other_and_off_list(tmp_path):
     (tmp_path / "run.json").write_text(json.dumps({"tasks": ["aggregation"]}))
     bad = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "run.json lacks lengths" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_plot_k_script_pools_lengths_per_k(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    def cell(length, system, ck, acc, n=10):
+        return {"task": "two_chunk", "length": length, "system": system, "checkpoint": ck, "n": n, "n_na": 0,
+                "accuracy": acc}
+    run, ref = tmp_path / "run", tmp_path / "ref"
+    run.mkdir(), ref.mkdir()
+    (run / "results.json").write_text(json.dumps({"cells": [
+        cell(16384, "e2llm", "k1", 0.1), cell(32768, "e2llm", "k1", 0.2),
+        cell(16384, "e2llm", "k4", 0.3), cell(32768, "e2llm", "k4", 0.5)]}))
+    (ref / "results.json").write_text(json.dumps({"cells": [cell(16384, "rag", "base", 0.4, n=20)]}))
+    script = Path(__file__).resolve().parents[1] / "scripts" / "plot_k.py"
+    png = tmp_path / "k.png"
+    done = subprocess.run([sys.executable, str(script), str(png), str(run), "--reference", str(ref)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "| two_chunk | e2llm | 3/20 | 8/20 | – |" in done.stdout
+    assert "| two_chunk | rag | – | – | 8/20 |" in done.stdout
+    assert png.stat().st_size > 0
+    bad = subprocess.run([sys.executable, str(script), str(png), str(tmp_path / "nope")], capture_output=True, text=True)
+    assert bad.returncode == 1 and "not an e2llm eval results file" in bad.stderr and "Traceback" not in bad.stderr
