@@ -61,12 +61,13 @@ def main() -> None:
     for ax, task in zip(axes[0], tasks):
         for system in E2LLM_SYSTEMS:
             cells = [counts.get((task, system, f"k{k}")) for k in ks]
-            if not any(cells):
+            ref = [v for (t, s, _), v in reference.items() if t == task and s == system]
+            if not any(cells) and not ref:
                 continue
             xs = [k for k, c in zip(ks, cells) if c]
             ys = [c[0] / c[1] for c in cells if c]
-            ax.plot(xs, ys, "o-", color=colors[system], label=system)
-            ref = [v for (t, s, _), v in reference.items() if t == task and s == system]
+            if xs:
+                ax.plot(xs, ys, "o-", color=colors[system], label=system)
             text = ["–" if c is None else f"{c[0]:.0f}/{c[1]}" for c in cells]
             print(f"| {task} | {system} | " + " | ".join(text) + " | " +
                   (f"{ref[0][0]:.0f}/{ref[0][1]}" if ref else "–") + " |")
