@@ -15,26 +15,24 @@ from pathlib import Path
 
 from e2llm.errors import InputError
 from e2llm.eval.metrics import predict_choice
-from e2llm.eval.tasks import METRIC_BY_TASK, run_items
+from e2llm.eval.tasks import METRIC_BY_TASK, load_run, run_items
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path, help="an e2llm eval --output folder (synthetic tasks)")
     args = parser.parse_args()
-    run_file, results = args.folder / "run.json", args.folder / "items.jsonl"
-    if not run_file.exists() or not results.exists():
-        sys.exit(f"{args.folder}: no run.json / items.jsonl; pass the --output folder of an e2llm eval run")
-    run = json.loads(run_file.read_text())
-    if run.get("data"):
-        sys.exit(f"{args.folder}: a --data run; only synthetic runs can be rebuilt")
-    tasks = [t for t in run["tasks"] if METRIC_BY_TASK[t] == "choice"]
-    if not tasks:
-        sys.exit(f"{args.folder}: no multiple-choice task (aggregation, topic) in this run")
+    results = args.folder / "items.jsonl"
     try:
+        run = load_run(args.folder)
+        tasks = [t for t in run.get("tasks", []) if METRIC_BY_TASK.get(t) == "choice"]
+        if "tasks" in run and not tasks:
+            sys.exit(f"{args.folder}: no multiple-choice task (aggregation, topic) in this run")
         items = run_items(run, tasks)
     except InputError as e:
-        sys.exit(f"{run_file}: {e}")
+        sys.exit(f"error: {e}")
+    if not results.exists():
+        sys.exit(f"{args.folder}: no items.jsonl; pass the --output folder of an e2llm eval run")
     by_key = {(i.task, i.length, i.item_id): i for i in items}
     counts: dict[tuple, collections.Counter] = collections.defaultdict(collections.Counter)
     for number, line in enumerate(results.read_text().splitlines(), 1):

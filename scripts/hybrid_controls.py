@@ -25,7 +25,7 @@ from tqdm import tqdm
 from e2llm import E2LLM, InputError
 from e2llm.eval.metrics import score
 from e2llm.eval.systems import decoder_lora
-from e2llm.eval.tasks import run_items
+from e2llm.eval.tasks import load_run, run_items
 from e2llm.softprompts import SoftPrompts
 
 READINGS = ("hybrid", "raw top-n", "swapped soft")
@@ -38,17 +38,14 @@ def main() -> int:
     parser.add_argument("--checkpoint", default="default")
     parser.add_argument("--raw-top-n", type=int, default=2)
     args = parser.parse_args()
-    run_file = args.folder / "run.json"
-    if not run_file.exists():
-        sys.exit(f"{args.folder}: no run.json; pass the --output folder of a synthetic e2llm eval run")
-    run = json.loads(run_file.read_text())
-    unknown = [t for t in args.tasks if t not in run.get("tasks", [])]
-    if unknown:
-        sys.exit(f"{args.folder}: the run has no task(s) {', '.join(unknown)}; it has {', '.join(run.get('tasks', []))}")
     try:
+        run = load_run(args.folder)
+        unknown = [t for t in args.tasks if t not in run.get("tasks", [])]
+        if "tasks" in run and unknown:
+            sys.exit(f"{args.folder}: the run has no task(s) {', '.join(unknown)}; it has {', '.join(run['tasks'])}")
         items = run_items(run, args.tasks)
     except InputError as e:
-        sys.exit(f"{run_file}: {e}")
+        sys.exit(f"error: {e}")
     warnings.filterwarnings("ignore", message=".*generation flags.*")
     engine = E2LLM.from_pretrained(args.checkpoint)
     cells: dict[tuple, list] = collections.defaultdict(lambda: [0.0, 0])

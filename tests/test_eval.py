@@ -404,6 +404,10 @@ def test_choice_answers_script_splits_right_other_and_off_list(tmp_path):
     (tmp_path / "run.json").write_text(json.dumps({"tasks": ["aggregation"]}))
     bad = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "run.json lacks lengths" in bad.stderr and "Traceback" not in bad.stderr
+    (tmp_path / "run.json").write_text('{"tasks": ["aggreg')
+    bad = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "not a readable JSON file" in bad.stderr and "Traceback" not in bad.stderr
+    assert (tmp_path / "run.json").read_text() == '{"tasks": ["aggreg'
 
 
 def test_plot_k_script_pools_lengths_per_k(tmp_path):

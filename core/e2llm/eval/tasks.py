@@ -16,6 +16,7 @@ or ``choice_A`` .. ``choice_D`` (then multiple choice); items are bucketed by le
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -147,6 +148,23 @@ def synthetic_items(tasks: Sequence[str] = TASKS, lengths: Sequence[int] = DEFAU
             except ValueError as e:
                 skipped.append(f"{task} at {format_length(length)}: {e}")
     return items, skipped
+
+
+def load_run(folder: str | Path) -> dict:
+    """The settings (run.json) of a synthetic ``e2llm eval`` output folder, for scripts that
+    rebuild its items; a missing, garbled or --data run.json raises a one-line InputError."""
+    path = Path(folder) / "run.json"
+    try:
+        run = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{folder}: no run.json; pass the --output folder of an e2llm eval run") from None
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: not a readable JSON file ({e}); rerun the eval to rewrite it") from None
+    if not isinstance(run, dict):
+        raise InputError(f"{path}: expected a JSON object of eval settings")
+    if run.get("data"):
+        raise InputError(f"{folder}: a --data run; only synthetic runs can be rebuilt")
+    return run
 
 
 def run_items(run: dict, tasks: Optional[Sequence[str]] = None) -> list[EvalItem]:
