@@ -19,7 +19,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-E2LLM_SYSTEMS = ("e2llm", "e2llm_hybrid")
+from e2llm.eval.systems import E2LLM_SYSTEMS as _E2LLM_SYSTEMS  # noqa: E402
+
+E2LLM_SYSTEMS = sorted(_E2LLM_SYSTEMS)  # drawn in this order: e2llm, e2llm_hybrid
 
 
 def pooled(run: Path) -> dict[tuple[str, str, str], tuple[float, int]]:
@@ -48,12 +50,12 @@ def main() -> None:
     for run in args.runs:
         counts.update(pooled(run))
     reference = pooled(args.reference) if args.reference else {}
-    tasks = sorted({t for t, _, _ in counts}, key=lambda t: [t for t, _, _ in counts].index(t))
+    tasks = list(dict.fromkeys(t for t, _, _ in counts))  # first-seen order
     ks = sorted({int(m.group(1)) for _, _, ck in counts if (m := re.fullmatch(r"k(\d+)", ck))})
     if not ks:
         sys.exit("error: no checkpoint labelled k<N> in these runs; run e2llm eval with --checkpoint per k")
 
-    systems = list(E2LLM_SYSTEMS) + sorted({s for _, s, _ in reference} - set(E2LLM_SYSTEMS))
+    systems = E2LLM_SYSTEMS + sorted({s for _, s, _ in reference} - set(E2LLM_SYSTEMS))
     colors = {s: f"C{i}" for i, s in enumerate(systems)}
     print("| question kind | system | " + " | ".join(f"k = {k}" for k in ks) + " | reference |")
     print("|---|---|" + "---:|" * (len(ks) + 1))
