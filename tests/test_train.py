@@ -324,3 +324,44 @@ def test_fsdp_without_known_layers_is_a_config_error():
 
     with pytest.raises(ConfigError, match="parallelism 'fsdp'.*use parallelism 'ddp'"):
         shard_decoder(NoLayers(), world=2, device="cpu", compute_dtype=None)
+
+
+def test_qa_can_run_the_encoder_without_gradients(make_tiny_engine):
+    """reason_trains_encoder=False: QA samples give the adapter and decoder LoRA the same
+    gradients as before, and the encoder's LoRA none; reconstruction still reaches it."""
+    from e2llm.train.trainer import ObjectiveLoss
+
+    engine = make_tiny_engine()
+    engine.autocast_encoder = False  # without gradients the encoder may run in bf16, as at inference: compare exactly
+    for name, p in engine.named_parameters():
+        p.requires_grad_("lora_" in name or name.startswith("adapter."))
+    data = tiny_data()
+
+    def grads(samples, reason_trains_encoder):
+        engine.zero_grad(set_to_none=True)
+        ce, n = ObjectiveLoss(engine, reason_trains_encoder)(samples)
+        (ce.sum() / n.sum()).backward()
+        return float(ce.sum()), {k: p.grad for k, p in engine.named_parameters() if p.requires_grad}
+
+    loss_on, on = grads(data.reason_train, True)
+    loss_off, off = grads(data.reason_train, False)
+    assert loss_off == pytest.approx(loss_on, rel=1e-5)
+    encoder = [k for k in on if k.startswith("encoder.")]
+    assert encoder and all(on[k] is not None for k in encoder) and all(off[k] is None for k in encoder)
+    for k in on:
+        if not k.startswith("encoder.") and on[k] is not None:
+            torch.testing.assert_close(off[k], on[k], rtol=1e-4, atol=1e-6)
+    _, recon = grads(data.recon_train, False)
+    assert all(recon[k] is not None for k in encoder)
+
+
+def test_long_qa_samples_are_added_without_changing_the_short_ones():
+    from e2llm.train.config import DataConfig
+    from e2llm.train.data import build_data
+
+    builtin = {"num_qa_train": 3, "num_qa_val": 0, "num_recon_train": 0, "num_recon_val": 0, "qa_context_tokens": [300, 400]}
+    short = build_data(DataConfig.model_validate({"builtin": builtin}), "Repeat.").reason_train
+    both = build_data(DataConfig.model_validate({"builtin": {**builtin, "num_long_qa_train": 2,
+                                                             "long_qa_context_tokens": [3000, 3500]}}), "Repeat.").reason_train
+    assert both[:3] == short and len(both) == 5
+    assert all(len(s.context.split()) > 5 * max(len(t.context.split()) for t in short) for s in both[3:])

@@ -260,11 +260,16 @@ class E2LLM(GenerationMixin, nn.Module):
                 states = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
             yield states, mask
 
-    def soft_prompts(self, texts: Sequence[str]) -> torch.Tensor:
-        """(N, k, Dd) soft prompts for chunk texts; differentiable (the trainer calls this)."""
+    def soft_prompts(self, texts: Sequence[str], encoder_grad: bool = True) -> torch.Tensor:
+        """(N, k, Dd) soft prompts for chunk texts; differentiable (the trainer calls this).
+        encoder_grad=False runs the encoder without gradients (the adapter keeps them), and so
+        in bf16 autocast as at inference: the encoder's backward pass is most of the cost of a
+        long context."""
         dtype = next(self.adapter.parameters()).dtype
         with self.lock:  # the adapter may train in float32 over bfloat16 backbones
-            outs = [self.adapter(states.to(dtype), mask) for states, mask in self._encoder_batches(texts)]
+            with torch.set_grad_enabled(encoder_grad and torch.is_grad_enabled()):
+                batches = list(self._encoder_batches(texts))
+            outs = [self.adapter(states.to(dtype), mask) for states, mask in batches]
         return torch.cat(outs)
 
     @torch.no_grad()

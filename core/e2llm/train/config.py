@@ -26,6 +26,11 @@ class BuiltinData(_Strict):
     recon_words: tuple[int, int] = (20, 45)  # about one or two chunks of text
     hybrid_fraction: float = Field(0.3, ge=0, le=1, description="share of QA samples read in hybrid mode")
     hybrid_top_n: int = Field(3, ge=1, description="raw chunks those samples also read")
+    # Long-context QA: extra training samples over whole documents far beyond the decoder's
+    # window (hundreds to a thousand+ soft tokens), so the decoder sees at training time the
+    # soft-prompt lengths it reads at 16K-64K. Drawn from the same documents and kinds.
+    num_long_qa_train: int = Field(0, ge=0)
+    long_qa_context_tokens: tuple[int, int] = (8192, 65536)
     seed: int = 0
 
 
@@ -66,6 +71,10 @@ class ObjectiveConfig(_Strict):
     # decoder the corpus's prior (which lowers the loss without the soft prompts and leaves them
     # carrying little); it still trains the adapter and encoder LoRA against that decoder.
     recon_trains_decoder: bool = True
+    # False: QA samples run the encoder without gradients (the adapter and decoder LoRA still
+    # learn from them; reconstruction still trains the encoder LoRA). A 64K-token context is
+    # about a thousand chunks, and the encoder's backward pass over them dominates the step.
+    reason_trains_encoder: bool = True
 
 
 class TrainConfig(_Strict):

@@ -96,6 +96,9 @@ def build_data(cfg: DataConfig, recon_prompt: str) -> TrainData:
         rt += _hybrid(make_qa_samples(train_docs, b.num_qa_train, b.seed, b.qa_context_tokens, b.qa_kinds),
                       b.hybrid_fraction, b.hybrid_top_n, b.seed)
         rv += _hybrid(make_qa_samples(val_docs, b.num_qa_val, b.seed + 1, b.qa_context_tokens, b.qa_kinds), 0.0, 0, b.seed)
+        if b.num_long_qa_train:  # its own seed stream: adding long samples leaves the short ones as they were
+            rt += _hybrid(make_qa_samples(train_docs, b.num_long_qa_train, b.seed + 1000, b.long_qa_context_tokens, b.qa_kinds),
+                          b.hybrid_fraction, b.hybrid_top_n, b.seed + 1000)
         lo, hi = b.recon_words
         lengths = sorted({round(lo + (hi - lo) * j / 4) for j in range(5)})  # a spread of window sizes
         for i, words in enumerate(lengths):

@@ -45,16 +45,18 @@ class ObjectiveLoss(nn.Module):
 
     An nn.Module so DDP can wrap it: the engine is held, not subclassed."""
 
-    def __init__(self, engine: E2LLM):
+    def __init__(self, engine: E2LLM, reason_trains_encoder: bool = True):
         super().__init__()
         self.engine = engine
+        self.reason_trains_encoder = reason_trains_encoder
 
     def forward(self, samples: Sequence[Sample], with_context: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """with_context=False: the same prompts and targets without the soft prompts (a baseline)."""
         e = self.engine
         chunk_lists = e.chunk_many([s.context for s in samples]) if with_context else [[] for _ in samples]
         texts = [c.text for cl in chunk_lists for c in cl]
-        vectors = e.soft_prompts(texts) if texts else None  # (sum N, k, Dd), with grad
+        encoder_grad = self.reason_trains_encoder or any(s.kind == "recon" for s in samples)
+        vectors = e.soft_prompts(texts, encoder_grad) if texts else None  # (sum N, k, Dd), with grad
         pieces, start = [], 0
         for s, cl in zip(samples, chunk_lists):
             groups = SoftPrompts(vectors[start:start + len(cl)], cl).groups() if cl else []
@@ -205,7 +207,7 @@ class Trainer:
         self.data = self._filter(data)
         self.run_dir = Path(cfg.output_dir)
         self.decoder_lora = [p for n, p in self.engine.named_parameters() if p.requires_grad and n.startswith("decoder.")]
-        self.loss_fn = ObjectiveLoss(self.engine)
+        self.loss_fn = ObjectiveLoss(self.engine, cfg.objective.reason_trains_encoder)
         self.model = Parallel(self.loss_fn, cfg.parallelism, self.world, self.device)
         o = cfg.optim
         self.opt = torch.optim.AdamW([dict(g, lr=(o.adapter_lr or o.lr) if g["name"] == "adapter" else o.lr) for g in self.groups],
