@@ -69,11 +69,15 @@ def shard_decoder(decoder: nn.Module, world: int, device: str, compute_dtype: to
 class Parallel:
     """Wraps the loss module for the strategy; the trainer calls it like the module."""
 
-    def __init__(self, module: nn.Module, strategy: str, world: int, device: str):
+    def __init__(self, module: nn.Module, strategy: str, world: int, device: str, partial_graphs: bool = False):
+        """partial_graphs: some micro-batches leave trained parameters out of their graph (QA
+        without the encoder's gradients). DDP must then look for them in the synchronising
+        backward, and average what earlier micro-batches accumulated (tested against one process)."""
         self.module, self.world = module, world
         self.ddp = None
         if world > 1 and strategy == "ddp":
-            self.ddp = nn.parallel.DistributedDataParallel(module, device_ids=None if device == "cpu" else [device])
+            self.ddp = nn.parallel.DistributedDataParallel(module, device_ids=None if device == "cpu" else [device],
+                                                           find_unused_parameters=partial_graphs)
         self.sharded = world > 1 and strategy == "fsdp"
         # the FSDP units (already sharded when this is built), found once, not per micro-batch
         self._fsdp_units = [m for m in module.modules() if hasattr(m, "set_requires_gradient_sync")] if self.sharded else []

@@ -208,7 +208,8 @@ class Trainer:
         self.run_dir = Path(cfg.output_dir)
         self.decoder_lora = [p for n, p in self.engine.named_parameters() if p.requires_grad and n.startswith("decoder.")]
         self.loss_fn = ObjectiveLoss(self.engine, cfg.objective.reason_trains_encoder)
-        self.model = Parallel(self.loss_fn, cfg.parallelism, self.world, self.device)
+        self.model = Parallel(self.loss_fn, cfg.parallelism, self.world, self.device,
+                              partial_graphs=not cfg.objective.reason_trains_encoder)
         o = cfg.optim
         self.opt = torch.optim.AdamW([dict(g, lr=(o.adapter_lr or o.lr) if g["name"] == "adapter" else o.lr) for g in self.groups],
                                      lr=o.lr, weight_decay=o.weight_decay)
