@@ -15,6 +15,7 @@ from pathlib import Path
 
 from e2llm.errors import InputError
 from e2llm.eval.metrics import predict_choice
+from e2llm.eval.runner import row_key
 from e2llm.eval.tasks import METRIC_BY_TASK, load_run, run_items
 
 
@@ -34,7 +35,7 @@ def main() -> int:
     if not results.exists():
         sys.exit(f"{args.folder}: no items.jsonl; pass the --output folder of an e2llm eval run")
     by_key = {(i.task, i.length, i.item_id): i for i in items}
-    counts: dict[tuple, collections.Counter] = collections.defaultdict(collections.Counter)
+    latest: dict[tuple, dict] = {}  # a rerun appends a row per answer: the last one counts, as in e2llm eval
     for number, line in enumerate(results.read_text().splitlines(), 1):
         if not line.strip():
             continue
@@ -42,6 +43,9 @@ def main() -> int:
             row = json.loads(line)
         except json.JSONDecodeError:
             sys.exit(f"{results}:{number}: not a JSON line (cut short by a kill? rerun the eval to repair it)")
+        latest[row_key(row)] = row
+    counts: dict[tuple, collections.Counter] = collections.defaultdict(collections.Counter)
+    for row in latest.values():
         item = by_key.get((row["task"], row["length"], row["item_id"]))
         if item is None or row["status"] != "ok":
             continue

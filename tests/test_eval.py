@@ -393,13 +393,19 @@ def test_choice_answers_script_splits_right_other_and_off_list(tmp_path):
     done = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "| aggregation | rag | k1 | 1/3 | 1/3 | 1/3 |" in done.stdout
+    rerun = items[2]  # a rerun appends a second row for an answer: the last one counts, once
+    with open(tmp_path / "items.jsonl", "a") as f:
+        f.write(json.dumps({"task": rerun.task, "length": rerun.length, "item_id": rerun.item_id, "system": "rag",
+                            "checkpoint": "k1", "status": "ok", "prediction": rerun.choices[rerun.answer_index]}) + "\n")
+    done = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert "| aggregation | rag | k1 | 2/3 | 1/3 | 0/3 |" in done.stdout, done.stdout
     bad = subprocess.run([sys.executable, str(script), str(tmp_path / "nope")], capture_output=True, text=True)
     assert bad.returncode == 1 and "no run.json" in bad.stderr and "Traceback" not in bad.stderr
     # a line cut short by a kill, and settings that are not an eval run's: one line each, files kept
     with open(tmp_path / "items.jsonl", "a") as f:
         f.write('{"task": "aggreg')
     bad = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 1 and "items.jsonl:4: not a JSON line" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 1 and "items.jsonl:5: not a JSON line" in bad.stderr and "Traceback" not in bad.stderr
     assert (tmp_path / "items.jsonl").read_text().endswith('{"task": "aggreg')
     (tmp_path / "run.json").write_text(json.dumps({"tasks": ["aggregation"]}))
     bad = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=120)
