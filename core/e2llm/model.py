@@ -247,16 +247,18 @@ class E2LLM(GenerationMixin, nn.Module):
             return torch.empty(0, self.config.adapter.tokens_per_chunk, self.config.decoder.hidden_size)
         return torch.stack(found)
 
-    def _encoder_batches(self, texts: Sequence[str]):
-        """Yield ((n, L, De) token states, (n, L) mask) in bounded batches (flat memory)."""
+    def _encoder_batches(self, texts: Sequence[str], grad: bool = True):
+        """Yield ((n, L, De) token states, (n, L) mask) in bounded batches (flat memory).
+        grad=False runs the encoder without gradients even where the caller records them."""
         bs, max_len = self.config.encoder.chunks_per_batch, self.config.chunking.tokens_per_chunk + 2  # + [CLS] [SEP]
+        grad = grad and torch.is_grad_enabled()
         # Without gradients the encoder may run in bf16 autocast (see autocast_encoder); training stays exact.
-        fast = self.autocast_encoder and not torch.is_grad_enabled()
+        fast = self.autocast_encoder and not grad
         precision = _bf16_autocast(self.device, next(self.encoder.parameters()).dtype) if fast else contextlib.nullcontext()
         for i in range(0, len(texts), bs):
             batch = self.encoder_tokenizer(list(texts[i:i + bs]), padding=True, truncation=True, max_length=max_len, return_tensors="pt")
             ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
-            with precision:
+            with precision, torch.set_grad_enabled(grad):
                 states = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
             yield states, mask
 
@@ -267,9 +269,7 @@ class E2LLM(GenerationMixin, nn.Module):
         long context."""
         dtype = next(self.adapter.parameters()).dtype
         with self.lock:  # the adapter may train in float32 over bfloat16 backbones
-            with torch.set_grad_enabled(encoder_grad and torch.is_grad_enabled()):
-                batches = list(self._encoder_batches(texts))
-            outs = [self.adapter(states.to(dtype), mask) for states, mask in batches]
+            outs = [self.adapter(states.to(dtype), mask) for states, mask in self._encoder_batches(texts, encoder_grad)]
         return torch.cat(outs)
 
     @torch.no_grad()
