@@ -367,6 +367,17 @@ def test_qa_can_run_the_encoder_without_gradients(make_tiny_engine):
     assert all(recon[k] is not None for k in encoder)
 
 
+def test_qa_without_encoder_gradients_gets_its_own_micro_batches(tiny_backbones, tmp_path):
+    """Even where reconstruction trains the decoder (kinds would share micro-batches), QA must
+    not share one with reconstruction, or its encoder pass would record gradients after all."""
+    cfg = tiny_train_config(tiny_backbones, tmp_path / "run", max_steps=1)
+    cfg.objective = cfg.objective.model_copy(update={"reason_trains_encoder": False})
+    trainer = Trainer(cfg, data=tiny_data())
+    samples = trainer._step_samples(0)
+    kinds = [{samples[i].kind for i in part} for part in trainer._micro_batches(samples)]
+    assert kinds == [{"recon"}, {"reason"}]
+
+
 def test_long_qa_samples_are_added_without_changing_the_short_ones():
     from e2llm.train.config import DataConfig
     from e2llm.train.data import build_data

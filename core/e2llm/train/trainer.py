@@ -244,11 +244,13 @@ class Trainer:
 
     def _micro_batches(self, samples: Sequence[Sample]) -> list[list[int]]:
         """Sample indices per micro-batch, each of similar length (padding to the longest sample
-        is what costs here). Without recon_trains_decoder, reconstruction samples get their own
-        micro-batches, first, so their gradient can be kept from the decoder's LoRA."""
+        is what costs here). Where the objectives reach different parameters (without
+        recon_trains_decoder or reason_trains_encoder), reconstruction samples get their own
+        micro-batches, first: their gradient can be kept from the decoder's LoRA, and QA
+        micro-batches can skip the encoder's backward pass."""
         micro = math.ceil(len(samples) / self.cfg.optim.grad_accum)
         by_length = lambda idx: sorted(idx, key=lambda i: self._approx_tokens(samples[i]))  # noqa: E731
-        if self.cfg.objective.recon_trains_decoder:
+        if self.cfg.objective.recon_trains_decoder and self.cfg.objective.reason_trains_encoder:
             groups = [by_length(range(len(samples)))]
         else:
             groups = [by_length([i for i, s in enumerate(samples) if s.kind == kind]) for kind in ("recon", "reason")]
