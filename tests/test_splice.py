@@ -47,3 +47,19 @@ def test_gradients_flow_into_soft_vectors(embed):
 def test_empty_sample_is_an_error(embed):
     with pytest.raises(ValueError):
         splice([[Tokens([])]], embed)
+
+
+def test_soft_prompt_spread_tells_a_collapsed_adapter():
+    from e2llm.softprompts import soft_prompt_spread
+
+    g = torch.Generator().manual_seed(0)
+    same = torch.randn(1, 1, 16, generator=g).expand(10, 1, 16)  # every chunk the same vector
+    assert soft_prompt_spread(same) == pytest.approx(0.0, abs=1e-6)
+    centred = torch.randn(4000, 2, 16, generator=g)  # no shared part at all
+    assert soft_prompt_spread(centred) == pytest.approx(1.0, abs=0.01)
+    shared = torch.randn(1, 2, 16, generator=g)
+    mixed = shared * 3 + torch.randn(500, 2, 16, generator=g)  # a shared offset 3x the content's scale
+    expect = 32 / (32 + 9 * shared.pow(2).sum().item())  # content energy / (content + offset energy)
+    assert soft_prompt_spread(mixed) == pytest.approx(expect, rel=0.1)
+    with pytest.raises(ValueError, match="at least two chunks"):
+        soft_prompt_spread(shared)

@@ -296,6 +296,17 @@ def test_validate_separates_soft_prompt_from_decoder_tuning(make_tiny_engine):
     assert tuned["loss_without"] != pytest.approx(tuned["loss_untuned_without"], abs=1e-3)
 
 
+def test_validate_reports_a_collapsed_adapter(make_tiny_engine):
+    from e2llm.train.validate import reconstruction_report
+
+    engine = make_tiny_engine()
+    assert reconstruction_report(engine, num_texts=4, words=12, batch=4)["soft_prompt_spread"] > 1e-3  # tiny random models: ~0.01
+    with torch.no_grad():  # the adapter's output no longer depends on the chunk
+        engine.adapter.o_proj.weight.zero_()
+        engine.adapter.o_proj.bias.zero_()
+    assert reconstruction_report(engine, num_texts=4, words=12, batch=4)["soft_prompt_spread"] < 1e-6
+
+
 def test_merge_checkpoints_script_combines_parts_and_adds_queries(make_tiny_engine, tmp_path):
     from e2llm.checkpoint import read_tensors
 
@@ -388,3 +399,40 @@ def test_long_qa_samples_are_added_without_changing_the_short_ones():
                                                              "long_qa_context_tokens": [3000, 3500]}}), "Repeat.").reason_train
     assert both[:3] == short and len(both) == 5
     assert all(len(s.context.split()) > 5 * max(len(t.context.split()) for t in short) for s in both[3:])
+
+
+def test_spread_term_pushes_a_collapsing_adapter_apart(make_tiny_engine):
+    """objective.min_spread: the penalty is max(0, min_spread - spread) of the micro-batch's
+    soft prompts; a step against its gradient spreads them; no penalty without gradients."""
+    from e2llm.softprompts import spread
+    from e2llm.train.trainer import ObjectiveLoss
+
+    engine = make_tiny_engine()
+    with torch.no_grad():  # nearly collapsed: the chunk-dependent part is tiny
+        engine.adapter.o_proj.weight.mul_(0.01)
+    for name, p in engine.named_parameters():
+        p.requires_grad_(name.startswith("adapter."))
+    texts = [s.context for s in tiny_data().recon_train]
+    loss_fn = ObjectiveLoss(engine, min_spread=0.5)
+    loss_fn(tiny_data().recon_train)
+    before = float(spread(engine.soft_prompts(texts)))
+    assert loss_fn.spread_penalty is not None and float(loss_fn.spread_penalty) == pytest.approx(0.5 - before, rel=1e-4)
+    loss_fn.spread_penalty.backward()
+    with torch.no_grad():
+        for p in engine.adapter.parameters():
+            if p.grad is not None:
+                p -= 0.05 * p.grad / p.grad.norm().clamp(min=1e-12)
+    assert float(spread(engine.soft_prompts(texts))) > before
+    with torch.no_grad():
+        loss_fn(tiny_data().recon_train)
+    assert loss_fn.spread_penalty is None
+    assert ObjectiveLoss(engine)(tiny_data().recon_train) and ObjectiveLoss(engine).spread_penalty is None
+
+
+def test_trainer_logs_the_spread(tiny_backbones, tmp_path):
+    cfg = tiny_train_config(tiny_backbones, tmp_path / "run", max_steps=2)
+    cfg = cfg.model_copy(update={"eval_every": 2, "objective": cfg.objective.model_copy(update={"min_spread": 0.99})})
+    Trainer(cfg, data=tiny_data()).train()
+    recs = [json.loads(l) for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert all(r["spread_penalty"] > 0 for r in recs if "loss_recon" in r)
+    assert 0 < [r for r in recs if "val_soft_prompt_spread" in r][-1]["val_soft_prompt_spread"] < 0.99

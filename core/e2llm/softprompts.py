@@ -48,4 +48,21 @@ class SoftPrompts:
 
 
 
+def spread(vectors: torch.Tensor) -> torch.Tensor:
+    """Share of the soft prompts' energy that differs between chunks: mean |v - mean(v)|^2 over
+    mean |v|^2, for (N, k, Dd) vectors of N different chunks; differentiable (the trainer's
+    ``objective.min_spread`` term). 0 means every chunk gets the same soft prompt, which then
+    carries no content (a collapsed adapter, acting as a learned prompt); a freshly initialised
+    adapter on the default models gives about 0.4."""
+    v = vectors.float().flatten(1)  # (N, k * Dd)
+    if v.shape[0] < 2:
+        raise ValueError("the spread needs the soft prompts of at least two chunks")
+    return (v - v.mean(0)).pow(2).sum(1).mean() / v.pow(2).sum(1).mean().clamp(min=1e-12)
+
+
+def soft_prompt_spread(vectors: torch.Tensor) -> float:
+    """:func:`spread` as a number, for reports."""
+    return float(spread(vectors.detach()))
+
+
 Context = Union[str, Sequence[str], SoftPrompts, None]

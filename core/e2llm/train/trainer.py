@@ -30,7 +30,7 @@ from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME, atomic_write_dir
 from ..errors import InputError
 from ..model import E2LLM
 from ..prompts import PromptLayout
-from ..softprompts import SoftPrompts
+from ..softprompts import SoftPrompts, soft_prompt_spread, spread
 from ..splice import IGNORE_INDEX, splice
 from .config import TrainConfig, config_differences
 from .data import Sample, TrainData, build_data, sample_indices
@@ -45,10 +45,12 @@ class ObjectiveLoss(nn.Module):
 
     An nn.Module so DDP can wrap it: the engine is held, not subclassed."""
 
-    def __init__(self, engine: E2LLM, reason_trains_encoder: bool = True):
+    def __init__(self, engine: E2LLM, reason_trains_encoder: bool = True, min_spread: float = 0.0):
         super().__init__()
         self.engine = engine
         self.reason_trains_encoder = reason_trains_encoder
+        self.min_spread = min_spread
+        self.spread_penalty = None  # max(0, min_spread - spread) of the last call's soft prompts, when asked for
 
     def forward(self, samples: Sequence[Sample], with_context: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """with_context=False: the same prompts and targets without the soft prompts (a baseline)."""
@@ -57,6 +59,9 @@ class ObjectiveLoss(nn.Module):
         texts = [c.text for cl in chunk_lists for c in cl]
         encoder_grad = self.reason_trains_encoder or any(s.kind == "recon" for s in samples)
         vectors = e.soft_prompts(texts, encoder_grad) if texts else None  # (sum N, k, Dd), with grad
+        self.spread_penalty = None
+        if self.min_spread and vectors is not None and len(vectors) > 1 and torch.is_grad_enabled():
+            self.spread_penalty = (self.min_spread - spread(vectors)).clamp(min=0)
         pieces, start = [], 0
         for s, cl in zip(samples, chunk_lists):
             groups = SoftPrompts(vectors[start:start + len(cl)], cl).groups() if cl else []
@@ -207,7 +212,7 @@ class Trainer:
         self.data = self._filter(data)
         self.run_dir = Path(cfg.output_dir)
         self.decoder_lora = [p for n, p in self.engine.named_parameters() if p.requires_grad and n.startswith("decoder.")]
-        self.loss_fn = ObjectiveLoss(self.engine, cfg.objective.reason_trains_encoder)
+        self.loss_fn = ObjectiveLoss(self.engine, cfg.objective.reason_trains_encoder, cfg.objective.min_spread)
         self.model = Parallel(self.loss_fn, cfg.parallelism, self.world, self.device,
                               partial_graphs=not cfg.objective.reason_trains_encoder)
         o = cfg.optim
@@ -305,7 +310,7 @@ class Trainer:
                 g["lr"] = base * lr_at(step, cfg)
             samples = self._step_samples(step)
             weights = self._weights(samples)
-            sums = torch.zeros(4)  # ce recon, tokens recon, ce reason, tokens reason (this process)
+            sums = torch.zeros(5)  # ce recon, tokens recon, ce reason, tokens reason, spread penalty (this process)
             parts = self._micro_batches(samples)
             for j, idx in enumerate(parts):
                 mine = idx[self.rank::self.world]
@@ -313,6 +318,9 @@ class Trainer:
                 with self.model.no_sync(skip=not sync):
                     ce, count = self.model([samples[i] for i in mine])
                     loss = (ce * weights[mine].to(ce.device)).sum() * self.world  # DDP averages: undo the /world
+                    if self.loss_fn.spread_penalty is not None:  # a mean over micro-batches (and, by DDP, processes)
+                        loss = loss + cfg.objective.spread_weight * self.loss_fn.spread_penalty / len(parts)
+                        sums[4] += float(self.loss_fn.spread_penalty.detach()) / len(parts)
                 loss.backward()
                 for c, n, i in zip(ce.detach().cpu(), count.cpu(), mine):
                     k = 0 if samples[i].kind == "recon" else 2
@@ -335,6 +343,8 @@ class Trainer:
                 rec["loss_recon"] = float(sums[0] / sums[1])
             if sums[3]:
                 rec["loss_reason"] = float(sums[2] / sums[3])
+            if cfg.objective.min_spread:
+                rec["spread_penalty"] = float(sums[4]) / self.world
             bar.set_postfix({k: f"{v:.3f}" for k, v in rec.items() if k.startswith("loss")} | {"tok/s": f"{tok_s:.0f}"})
             if (step + 1) % cfg.log_every == 0 or step == start:
                 log.write(rec)
@@ -368,6 +378,8 @@ class Trainer:
         for kind, samples in (("recon", self.data.recon_val), ("reason", self.data.reason_val)):
             if samples:
                 out[f"val_loss_{kind}"] = mean_loss(self.loss_fn, samples)
+        if len(self.data.recon_val) > 1:  # near 0: every chunk gets the same soft prompt (collapse)
+            out["val_soft_prompt_spread"] = soft_prompt_spread(self.engine.soft_prompts([s.context for s in self.data.recon_val]))
         checks = self.data.reason_val[: self.cfg.num_generation_checks]
         if checks and (self.rank == 0 or self.model.sharded):  # sharded: every process takes part in generating
             answers = self.engine.generate_batch([s.prompt for s in checks], [s.context for s in checks],

@@ -4,13 +4,20 @@ Reconstruction on chunks of held-out documents (never trained on): the decoder's
 the chunk's text given its soft prompt vs. the same prompt without it (nats per token), and
 greedy reconstruction ROUGE-L. A third number, the untuned decoder (LoRA off) without the soft
 prompt, separates what the decoder LoRA learned about this kind of text from what the soft
-prompt carries. QA on long held-out documents is `e2llm eval`'s job.
+prompt carries. Two numbers tell content from a learned prompt: the loss given *another*
+held-out chunk's soft prompt (no lower than with the chunk's own, if the soft prompts carry
+nothing of their text), and the soft prompts' spread (``soft_prompt_spread``: near 0 when the
+adapter gives every chunk the same vector).
+QA on long held-out documents is `e2llm eval`'s job.
 """
 from __future__ import annotations
+
+from dataclasses import replace
 
 import torch
 
 from ..eval.systems import decoder_lora
+from ..softprompts import soft_prompt_spread
 from .config import SPLIT_SEED, VAL_FRACTION
 from .corpus import load_corpus, split_documents
 from .data import recon_samples
@@ -31,6 +38,9 @@ def reconstruction_report(engine, num_texts: int = 24, words: int = 30, batch: i
                             engine.config.prompt.reconstruct_question)
     loss_fn = ObjectiveLoss(engine)
     with_soft_prompt, without = mean_loss(loss_fn, samples, True, batch), mean_loss(loss_fn, samples, False, batch)
+    # each text with the next one's soft prompt: what a soft prompt gives beyond a fixed prompt
+    swapped = [replace(s, context=samples[(i + 1) % len(samples)].context) for i, s in enumerate(samples)]
+    with_other = mean_loss(loss_fn, swapped, True, batch)
     with decoder_lora(engine, enabled=False):
         untuned_without = mean_loss(loss_fn, samples, False, batch)
     rouge = []
@@ -43,8 +53,10 @@ def reconstruction_report(engine, num_texts: int = 24, words: int = 30, batch: i
         "num_chunks": len(samples),
         "loss_with_soft_prompt": with_soft_prompt,
         "loss_without": without,
+        "loss_with_other_soft_prompt": with_other,
         "loss_untuned_without": untuned_without,
         "rouge_l": sum(rouge) / len(rouge),
+        "soft_prompt_spread": soft_prompt_spread(engine.soft_prompts([s.context for s in samples])),
         "example": {"text": samples[0].answer},
     }
 
@@ -64,9 +76,13 @@ def add_parser(sub, model_args) -> None:
                                 max_new_tokens=len(engine.layout.answer_ids(r["example"]["text"])) + 8)
         print(f"held-out reconstruction, {r['num_chunks']} texts of ~{args.words} words:")
         print(f"  loss given the soft prompt : {r['loss_with_soft_prompt']:.3f} nats/token")
+        print(f"  loss given another chunk's : {r['loss_with_other_soft_prompt']:.3f} nats/token (what is left "
+              "without the content: a learned prompt)")
         print(f"  loss without it            : {r['loss_without']:.3f} nats/token")
         print(f"  untuned decoder, without it: {r['loss_untuned_without']:.3f} nats/token (decoder LoRA off)")
         print(f"  greedy ROUGE-L             : {r['rouge_l']:.3f}")
+        print(f"  soft-prompt spread         : {r['soft_prompt_spread']:.3f} (share that differs between chunks; "
+              "near 0 = collapsed: every chunk gets the same vector)")
         print(f"  example text   : {r['example']['text'][:200]!r}")
         print(f"  reconstruction : {first[:200]!r}")
         return 0
