@@ -11,6 +11,7 @@ import json
 import sys
 import time
 
+from e2llm.softprompts import soft_prompt_spread
 from e2llm.train.config import TrainConfig
 from e2llm.train.trainer import ObjectiveLoss, Trainer, mean_loss
 
@@ -39,5 +40,6 @@ loss_fn = ObjectiveLoss(trainer.engine)
 trainer.train()
 trainer.engine.cache.clear()
 with_sp, without = mean_loss(loss_fn, trainer.data.recon_val, True), mean_loss(loss_fn, trainer.data.recon_val, False)
+spread = soft_prompt_spread(trainer.engine.soft_prompts([s.context for s in trainer.data.recon_val]))
 print(f"{name}: k={k} chunk={chunk_tokens} steps={steps} with={with_sp:.3f} without={without:.3f} "
-      f"gap={without - with_sp:.3f} nats/token ({time.time() - t0:.0f} s)")
+      f"gap={without - with_sp:.3f} nats/token spread={spread:.3f} ({time.time() - t0:.0f} s)")
