@@ -36,10 +36,9 @@ FILLER_WORDS = 24  # + a ~9-word mention: one 64-token chunk of this corpus
 NUM_CHOICES = 4
 
 
-def chunks_with_names(num: int, rng: random.Random, fits) -> list[tuple[str, list[str]]]:
+def chunks_with_names(docs, num: int, rng: random.Random, fits) -> list[tuple[str, list[str]]]:
     """(chunk text, names): the chunk mentions names[0] once; the others appear nowhere.
     Only texts that stay one chunk (``fits``) are kept, so the mention is never cut off."""
-    docs = [d for d in heldout_documents() if d.num_words > 4 * FILLER_WORDS]
     out = []
     while len(out) < num:
         words = rng.choice(docs).text.split()
@@ -58,8 +57,7 @@ def chunks_with_names(num: int, rng: random.Random, fits) -> list[tuple[str, lis
     return out
 
 
-def plain_chunks(num: int, rng: random.Random) -> list[str]:
-    docs = [d for d in heldout_documents() if d.num_words > 4 * FILLER_WORDS]
+def plain_chunks(docs, num: int, rng: random.Random) -> list[str]:
     texts = []
     for _ in range(num):
         words = rng.choice(docs).text.split()
@@ -88,6 +86,9 @@ def pooled_states(engine, texts) -> torch.Tensor:
 
 def main() -> None:
     args = [a for a in sys.argv[1:] if a != "--no-decoder"]
+    with_decoder = "--no-decoder" not in sys.argv[1:]
+    if len(args) > 2 or (len(args) == 2 and not args[1].isdigit()):
+        sys.exit("usage: python scripts/probe_name_presence.py [CHECKPOINT] [NUM_CHUNKS] [--no-decoder]")
     checkpoint = args[0] if args else "default"
     num = int(args[1]) if len(args) > 1 else 200
     start = time.time()
@@ -97,13 +98,15 @@ def main() -> None:
     else:
         engine = E2LLM.from_pretrained(checkpoint)
     rng = random.Random(PROBE_SEED)
-    items = chunks_with_names(num, rng, lambda text: len(engine.chunk(text)) == 1)
+    docs = [d for d in heldout_documents() if d.num_words > 4 * FILLER_WORDS]
+    items = chunks_with_names(docs, num, rng, lambda text: len(engine.chunk(text)) == 1)
+    texts = [t for t, _ in items]
     unit = lambda v: torch.nn.functional.normalize(v.float(), dim=-1)  # noqa: E731
 
     with torch.no_grad():
-        raw_soft = engine.soft_prompts([t for t, _ in items])  # (n, k, Dd)
+        raw_soft = engine.soft_prompts(texts)  # (n, k, Dd)
         soft = unit(raw_soft[:, 0])  # (n, Dd), the first soft token
-        retr = engine.retrieval_vectors([t for t, _ in items])  # (n, De)
+        retr = engine.retrieval_vectors(texts)  # (n, De)
         names = [n for _, ns in items for n in ns]
         name_phrases = [f"The {n}." for n in names]
         name_soft = unit(engine.soft_prompts(name_phrases)[:, 0]).view(num, NUM_CHOICES, -1)
@@ -112,11 +115,10 @@ def main() -> None:
         tok = engine.decoder_tokenizer
         name_tok = unit(torch.stack([table[tok(" " + n, add_special_tokens=False)["input_ids"]].mean(0) for n in names]))
         name_tok = name_tok.view(num, NUM_CHOICES, -1)
-        fit = plain_chunks(4 * num, random.Random(PROBE_SEED + 1))  # other text: the map never sees a name
+        fit = plain_chunks(docs, 4 * num, random.Random(PROBE_SEED + 1))  # other text: the map never sees a name
         fit_retr = engine.retrieval_vectors(fit).float()
-        texts = [t for t, _ in items]
         from_soft = linear_map(engine.soft_prompts(fit)[:, 0].float(), fit_retr)
-        mapped_soft = unit(from_soft(engine.soft_prompts(texts)[:, 0].float()))
+        mapped_soft = unit(from_soft(raw_soft[:, 0].float()))
         from_pooled = linear_map(pooled_states(engine, fit), fit_retr)
         mapped_pooled = unit(from_pooled(pooled_states(engine, texts)))
 
@@ -129,7 +131,7 @@ def main() -> None:
             ("soft prompt vs the name's token embeddings", pick(soft, name_tok)),
             ("encoder with its LoRA, mean-pooled -> retrieval space (ridge)", pick(mapped_pooled, name_retr)),
             ("soft prompt -> retrieval space (ridge)", pick(mapped_soft, name_retr))]
-    for mode in () if "--no-decoder" in sys.argv else ("compressed", "raw text, tuned", "raw text, plain"):
+    for mode in ("compressed", "raw text, tuned", "raw text, plain") if with_decoder else ():
         right = 0
         for text, ns in items:
             listed = ns[:]

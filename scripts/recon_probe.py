@@ -11,9 +11,8 @@ import json
 import sys
 import time
 
-from e2llm.softprompts import soft_prompt_spread
 from e2llm.train.config import TrainConfig
-from e2llm.train.trainer import ObjectiveLoss, Trainer, mean_loss
+from e2llm.train.trainer import ObjectiveLoss, Trainer, mean_loss, mean_spread
 
 if len(sys.argv) not in (5, 6):
     sys.exit("usage: python scripts/recon_probe.py NAME K CHUNK_TOKENS STEPS ['{\"dotted.key\": value}']")
@@ -40,6 +39,6 @@ loss_fn = ObjectiveLoss(trainer.engine)
 trainer.train()
 trainer.engine.cache.clear()
 with_sp, without = mean_loss(loss_fn, trainer.data.recon_val, True), mean_loss(loss_fn, trainer.data.recon_val, False)
-spread = soft_prompt_spread(trainer.engine.soft_prompts([s.context for s in trainer.data.recon_val]))
+spread = mean_spread(trainer.engine, trainer.data.recon_val)
 print(f"{name}: k={k} chunk={chunk_tokens} steps={steps} with={with_sp:.3f} without={without:.3f} "
       f"gap={without - with_sp:.3f} nats/token spread={spread:.3f} ({time.time() - t0:.0f} s)")

@@ -90,6 +90,13 @@ def mean_loss(loss_fn: ObjectiveLoss, samples: Sequence[Sample], with_context: b
     return ce_sum / max(1.0, n_sum)
 
 
+@torch.no_grad()
+def mean_spread(engine: E2LLM, samples: Sequence[Sample]) -> float:
+    """The spread (``soft_prompt_spread``) of the soft prompts of ``samples``' contexts, each
+    read as one chunk: near 0 when the adapter gives every chunk the same vector."""
+    return soft_prompt_spread(engine.soft_prompts([s.context for s in samples]))
+
+
 def raw_passages(engine: E2LLM, s: Sample, chunks) -> list[str]:
     return list(s.raw_texts) + [chunks[i].text for i in engine.raw_chunk_indices(s.prompt, chunks, s.raw_top_n)]
 
@@ -379,7 +386,7 @@ class Trainer:
             if samples:
                 out[f"val_loss_{kind}"] = mean_loss(self.loss_fn, samples)
         if len(self.data.recon_val) > 1:  # near 0: every chunk gets the same soft prompt (collapse)
-            out["val_soft_prompt_spread"] = soft_prompt_spread(self.engine.soft_prompts([s.context for s in self.data.recon_val]))
+            out["val_soft_prompt_spread"] = mean_spread(self.engine, self.data.recon_val)
         checks = self.data.reason_val[: self.cfg.num_generation_checks]
         if checks and (self.rank == 0 or self.model.sharded):  # sharded: every process takes part in generating
             answers = self.engine.generate_batch([s.prompt for s in checks], [s.context for s in checks],

@@ -17,12 +17,11 @@ from dataclasses import replace
 import torch
 
 from ..eval.systems import decoder_lora
-from ..softprompts import soft_prompt_spread
 from .config import SPLIT_SEED, VAL_FRACTION
 from .corpus import load_corpus, split_documents
 from .data import recon_samples
 from .synth import make_reconstruction_texts
-from .trainer import ObjectiveLoss, mean_loss
+from .trainer import ObjectiveLoss, mean_loss, mean_spread
 
 VALIDATE_SEED = 7  # not a training seed: other windows of the held-out documents
 
@@ -56,7 +55,7 @@ def reconstruction_report(engine, num_texts: int = 24, words: int = 30, batch: i
         "loss_with_other_soft_prompt": with_other,
         "loss_untuned_without": untuned_without,
         "rouge_l": sum(rouge) / len(rouge),
-        "soft_prompt_spread": soft_prompt_spread(engine.soft_prompts([s.context for s in samples])),
+        "soft_prompt_spread": mean_spread(engine, samples),
         "example": {"text": samples[0].answer},
     }
 
