@@ -307,6 +307,27 @@ def test_validate_reports_a_collapsed_adapter(make_tiny_engine):
     assert reconstruction_report(engine, num_texts=4, words=12, batch=4)["soft_prompt_spread"] < 1e-6
 
 
+def test_adapter_anatomy_steps_rebuild_the_adapter_output(make_tiny_engine):
+    # scripts/adapter_anatomy.py re-runs PMAAdapter.forward step by step; its last step must be
+    # the adapter's own output, or the README's table would describe another function
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "adapter_anatomy.py"
+    spec = importlib.util.spec_from_file_location("adapter_anatomy", path)
+    anatomy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(anatomy)
+    engine = make_tiny_engine()
+    with torch.no_grad():
+        states, mask = next(engine._encoder_batches(["a short chunk", "another, somewhat longer chunk of text"], grad=False))
+        parts = anatomy.steps(engine.adapter, states.float(), mask)
+        expected = engine.adapter(states.float(), mask)  # (N, k, Dd)
+    assert torch.allclose(parts["norm2 (soft prompt)"], expected, atol=1e-6)
+    with torch.no_grad():  # the collapsed case: every step after the attention is the same for each chunk
+        engine.adapter.o_proj.weight.zero_()
+        parts = anatomy.steps(engine.adapter, states.float(), mask)
+    assert float(parts["norm2 (soft prompt)"].std(0).max()) < 1e-6
+
+
 def test_merge_checkpoints_script_combines_parts_and_adds_queries(make_tiny_engine, tmp_path):
     from e2llm.checkpoint import read_tensors
 
