@@ -138,6 +138,27 @@ def test_rag_reads_about_what_e2llm_reads(tiny_engine):
     assert sum(tokens[i] for i in wide.raw_chunks) >= wide.rag_budget_tokens
 
 
+def test_hybrid_reads_as_many_raw_chunks_as_the_checkpoint_ships_with(tiny_engine):
+    # `e2llm eval` without --raw-top-n evaluates a checkpoint the way it answers by default
+    from e2llm.eval.runner import Checkpoint, settings_signature
+
+    item = _item(words=400)
+    prepared = prepare_item(tiny_engine, item.context, SYSTEMS)
+    shipped = tiny_engine.config.raw_top_n
+    try:
+        counts = {}
+        for own, asked in ((0, None), (3, None), (3, 1)):
+            tiny_engine.config.raw_top_n = own
+            settings = SystemSettings(raw_top_n=asked, max_new_tokens=2)
+            out = run_system(tiny_engine, "e2llm_hybrid", item.question, item.context, prepared, settings)
+            ck = Checkpoint("k", tiny_engine, "src", identity="tiny")
+            counts[(own, asked)] = (len(out.raw_chunks), settings_signature("e2llm_hybrid", ck, "k", settings))
+    finally:
+        tiny_engine.config.raw_top_n = shipped
+    assert [n for n, _ in counts.values()] == [2, 3, 1]  # none of its own -> 2; its own 3; the flag wins
+    assert len({sig for _, sig in counts.values()}) == 3  # each n is its own cache entry
+
+
 def test_full_is_na_beyond_the_window(tiny_engine):
     item = _item(words=4000)  # far beyond the tiny 1024-token window
     prepared = prepare_item(tiny_engine, item.context, ["full"])

@@ -18,7 +18,7 @@ import warnings
 from pathlib import Path
 
 from ..errors import InputError
-from .systems import SYSTEMS, SystemSettings
+from .systems import SYSTEMS, SystemSettings, hybrid_raw_top_n
 from .tasks import (DEFAULT_DEPTHS, DEFAULT_ITEMS, DEFAULT_LENGTHS, EVAL_SEED, QUICK_DEPTHS, QUICK_ITEMS,
                     QUICK_LENGTHS, SPLIT_SEED, TASKS, VAL_FRACTION, format_length, parse_length)
 
@@ -46,7 +46,8 @@ def add_parser(sub, model_args=None) -> None:
                    f"(default {' '.join(map(format_length, DEFAULT_LENGTHS))})")
     p.add_argument("--depths", nargs="+", metavar="D", help=f"needle depths 0..1 (default {' '.join(map(str, DEFAULT_DEPTHS))})")
     p.add_argument("--items", type=int, default=None, help=f"items per task and length (default {DEFAULT_ITEMS})")
-    p.add_argument("--raw-top-n", type=int, default=2, help="raw chunks the hybrid system reads (default 2)")
+    p.add_argument("--raw-top-n", type=int, default=None,
+                   help="raw chunks the hybrid system reads (default: each checkpoint's own raw_top_n, 2 where it has none)")
     p.add_argument("--baseline-lora", choices=["on", "off"], default="off",
                    help="decoder LoRA for rag / full / none: off = the plain instruct decoder (default), on = as trained")
     p.add_argument("--max-new-tokens", type=int, default=32)
@@ -124,7 +125,8 @@ def run(args) -> int:
 
     skipped: list[str] = []
     settings = {"checkpoints": {ck.label: ck.source for ck in checkpoints}, "systems": systems,
-                "raw_top_n": args.raw_top_n, "baseline_lora": args.baseline_lora, "max_new_tokens": args.max_new_tokens,
+                "raw_top_n": {ck.label: hybrid_raw_top_n(ck.engine, SystemSettings(raw_top_n=args.raw_top_n))
+                              for ck in checkpoints}, "baseline_lora": args.baseline_lora, "max_new_tokens": args.max_new_tokens,
                 "window_tokens": checkpoints[0].engine.window_tokens}
     if args.data:
         rebucket(data_items, count_tokens)

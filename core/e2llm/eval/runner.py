@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
 from .metrics import all_scores, score
-from .systems import E2LLM_SYSTEMS, SYSTEMS, USES_RAW_TOP_N, Outcome, SystemSettings, prepare_item, run_system
+from .systems import E2LLM_SYSTEMS, SYSTEMS, USES_RAW_TOP_N, Outcome, SystemSettings, hybrid_raw_top_n, prepare_item, run_system
 from .tasks import EvalItem
 
 ITEMS_FILE = "items.jsonl"
@@ -151,7 +151,7 @@ def settings_signature(system: str, ck: Checkpoint, label: str, settings: System
     """What shapes this system's answer, hashed: a change makes cached results stale."""
     parts: dict[str, Any] = {"max_new_tokens": settings.max_new_tokens}
     if system in USES_RAW_TOP_N:
-        parts["raw_top_n"] = settings.raw_top_n
+        parts["raw_top_n"] = hybrid_raw_top_n(ck.engine, settings)
     if system not in E2LLM_SYSTEMS:
         parts["baseline_lora"] = settings.baseline_lora
     parts["model"] = ck.engine.config.decoder.name_or_path if label == BASE_LABEL else ck.identity

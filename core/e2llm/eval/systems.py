@@ -51,7 +51,7 @@ NA_WINDOW = "n/a (exceeds window)"
 
 @dataclass(frozen=True)
 class SystemSettings:
-    raw_top_n: int = 2
+    raw_top_n: Optional[int] = None  # None: each checkpoint's own raw_top_n (hybrid_raw_top_n)
     baseline_lora: bool = False
     max_new_tokens: int = 32
 
@@ -158,6 +158,14 @@ def decoder_lora(engine, enabled: bool):
         yield
 
 
+def hybrid_raw_top_n(engine, settings: SystemSettings) -> int:
+    """Raw chunks the hybrid system reads: the setting, else what the checkpoint ships with
+    (its config's raw_top_n), else 2 for a checkpoint that reads none raw."""
+    if settings.raw_top_n is not None:
+        return settings.raw_top_n
+    return engine.config.raw_top_n or 2
+
+
 def run_system(engine, system: str, question: str, context: str, prepared: Prepared,
                settings: SystemSettings, stop: Sequence[str] = ()) -> Outcome:
     """Answer ``question`` about ``context`` with ``system`` (greedy); n/a when it cannot fit."""
@@ -170,7 +178,7 @@ def run_system(engine, system: str, question: str, context: str, prepared: Prepa
         with PeakMemory(engine.device) as mem, decoder_lora(engine, lora_on):
             start = time.perf_counter()
             if system in E2LLM_SYSTEMS:
-                raw_top_n = settings.raw_top_n if system == "e2llm_hybrid" else 0
+                raw_top_n = hybrid_raw_top_n(engine, settings) if system == "e2llm_hybrid" else 0
                 result = engine.generate(question, prepared.soft, raw_top_n=raw_top_n, overflow="truncate", **kwargs)
             elif system in RAG_SYSTEMS:
                 budget = e2llm_soft_tokens(engine, question, len(prepared.chunks), settings.max_new_tokens)
@@ -178,7 +186,7 @@ def run_system(engine, system: str, question: str, context: str, prepared: Prepa
                 tok = engine.decoder_tokenizer
                 count = lambda i: len(tok(prepared.chunks[i].text, add_special_tokens=False)["input_ids"])  # noqa: E731
                 if system == "rag_hybrid_budget":  # + the raw chunks hybrid reads (its top raw_top_n)
-                    budget += sum(count(i) for i in order[:settings.raw_top_n])
+                    budget += sum(count(i) for i in order[:hybrid_raw_top_n(engine, settings)])
                 picked, _ = select_rag_chunks(order, count, budget)
                 result = engine.generate(question, None, raw_texts=[prepared.chunks[i].text for i in picked], **kwargs)
                 result.raw_chunks = picked
