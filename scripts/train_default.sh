@@ -9,20 +9,21 @@
 #   4  configs/long-qa-continue.yaml            80 steps with whole 8K-64K-token documents among
 #                                               the QA samples (the decoder had gone silent
 #                                               beyond ~1,100 soft tokens)
-# The package's config reads the 2 most similar chunks raw as well (hybrid reading, raw_top_n: 2).
+# The package's config reads the 3 most similar chunks raw as well (hybrid reading, raw_top_n: 3;
+# README "How many raw chunks hybrid reads").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1
 E=.venv/bin/e2llm
-ship() {  # copy a stage's result into the package, reading hybrid (raw_top_n: 2) as shipped
+ship() {  # copy a stage's result into the package, reading hybrid (raw_top_n: 3) as shipped
   cp "$1"/config.json "$1"/model.safetensors core/e2llm/checkpoints/default/
   .venv/bin/python - <<'PY'
 from pathlib import Path
 from e2llm.config import E2LLMConfig
 path = Path("core/e2llm/checkpoints/default/config.json")
 config = E2LLMConfig.model_validate_json(path.read_text())
-config.raw_top_n = 2
+config.raw_top_n = 3
 path.write_text(config.to_json())
 PY
 }
