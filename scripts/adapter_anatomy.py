@@ -12,7 +12,6 @@ after it then scales the content away against.
 import sys
 
 import torch
-import torch.nn.functional as F
 
 from e2llm import E2LLM
 from e2llm.adapter import PMAAdapter
@@ -20,18 +19,32 @@ from e2llm.eval.tasks import heldout_documents
 from e2llm.softprompts import spread
 
 
-def steps(adapter: PMAAdapter, states: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    """PMAAdapter.forward, keeping every intermediate: (N, k, Dd) each."""
-    a, (N, L, _) = adapter, states.shape
-    H, Dd = a.num_heads, a.queries.shape[-1]
-    q = a.q_proj(a.queries).view(1, a.k, H, Dd // H).transpose(1, 2).expand(N, H, a.k, Dd // H)
-    kv = a.kv_proj(states).view(N, L, 2, H, Dd // H).permute(2, 0, 3, 1, 4)  # (2, N, H, L, Dh)
-    x = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask.bool()[:, None, None, :])
-    x = a.o_proj(x.transpose(1, 2).reshape(N, a.k, Dd))  # (N, k, Dd)
-    h = a.norm1(a.queries + x)
-    f = a.ffn(h)
-    return {"attention output": x, "queries + attention": a.queries + x, "norm1": h,
-            "ffn(norm1)": f, "norm1 + ffn": h + f, "norm2 (soft prompt)": a.norm2(h + f)}
+STEP_NAMES = ("attention output", "queries + attention", "norm1", "ffn(norm1)", "norm1 + ffn", "norm2 (soft prompt)")
+
+
+def steps(engine: E2LLM, texts: list[str]) -> dict[str, torch.Tensor]:
+    """The soft prompts of ``texts`` with what each step of the engine's PMAAdapter gave on
+    the way, caught by forward hooks on its submodules (so this reads the adapter's own
+    forward pass, not a copy of it): (N, k, Dd) each."""
+    a = engine.adapter
+    caught: dict[str, list[torch.Tensor]] = {name: [] for name in STEP_NAMES}
+
+    def keep(name, use_input=False):
+        return lambda module, inputs, output: caught[name].append((inputs[0] if use_input else output).detach().float())
+
+    handles = [a.o_proj.register_forward_hook(keep("attention output")),
+               a.norm1.register_forward_hook(keep("queries + attention", use_input=True)),
+               a.norm1.register_forward_hook(keep("norm1")),
+               a.ffn.register_forward_hook(keep("ffn(norm1)")),
+               a.norm2.register_forward_hook(keep("norm1 + ffn", use_input=True)),
+               a.norm2.register_forward_hook(keep("norm2 (soft prompt)"))]
+    try:
+        with torch.no_grad():
+            engine.soft_prompts(texts, encoder_grad=False)  # the adapter runs once per encoder batch
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: torch.cat(parts) for name, parts in caught.items()}
 
 
 def main(argv: list[str]) -> None:
@@ -52,12 +65,7 @@ def main(argv: list[str]) -> None:
         if len(chunks) >= num_chunks:
             break
     texts = [c.text for c in chunks[:num_chunks]]
-    with torch.no_grad():
-        batches = list(engine._encoder_batches(texts, grad=False))
-        width = max(s.shape[1] for s, _ in batches)
-        states = torch.cat([F.pad(s.float(), (0, 0, 0, width - s.shape[1])) for s, _ in batches])  # (N, L, De)
-        mask = torch.cat([F.pad(m, (0, width - m.shape[1])) for _, m in batches])  # (N, L)
-        parts = steps(engine.adapter.float(), states, mask)
+    parts = steps(engine, texts)
     print(f"{checkpoint}: {len(texts)} held-out chunks")
     print(f"{'step':22s} {'RMS':>8s} {'spread':>8s}")
     for name, v in parts.items():

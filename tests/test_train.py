@@ -308,8 +308,8 @@ def test_validate_reports_a_collapsed_adapter(make_tiny_engine):
 
 
 def test_adapter_anatomy_steps_rebuild_the_adapter_output(make_tiny_engine):
-    # scripts/adapter_anatomy.py re-runs PMAAdapter.forward step by step; its last step must be
-    # the adapter's own output, or the README's table would describe another function
+    # scripts/adapter_anatomy.py catches PMAAdapter's steps with hooks; its last step must be
+    # the engine's soft prompts, or the README's table would describe another function
     import importlib.util
 
     path = Path(__file__).resolve().parents[1] / "scripts" / "adapter_anatomy.py"
@@ -317,14 +317,16 @@ def test_adapter_anatomy_steps_rebuild_the_adapter_output(make_tiny_engine):
     anatomy = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(anatomy)
     engine = make_tiny_engine()
+    texts = ["a short chunk", "another, somewhat longer chunk of text"]
+    parts = anatomy.steps(engine, texts)
     with torch.no_grad():
-        states, mask = next(engine._encoder_batches(["a short chunk", "another, somewhat longer chunk of text"], grad=False))
-        parts = anatomy.steps(engine.adapter, states.float(), mask)
-        expected = engine.adapter(states.float(), mask)  # (N, k, Dd)
+        expected = engine.soft_prompts(texts, encoder_grad=False)  # (N, k, Dd)
+    assert list(parts) == list(anatomy.STEP_NAMES) and all(v.shape == expected.shape for v in parts.values())
     assert torch.allclose(parts["norm2 (soft prompt)"], expected, atol=1e-6)
+    assert not any(h for m in engine.adapter.modules() for h in m._forward_hooks.values())  # hooks removed
     with torch.no_grad():  # the collapsed case: every step after the attention is the same for each chunk
         engine.adapter.o_proj.weight.zero_()
-        parts = anatomy.steps(engine.adapter, states.float(), mask)
+    parts = anatomy.steps(engine, texts)
     assert float(parts["norm2 (soft prompt)"].std(0).max()) < 1e-6
 
 

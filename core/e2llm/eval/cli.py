@@ -124,9 +124,11 @@ def run(args) -> int:
         return len(tok(text, add_special_tokens=False)["input_ids"])
 
     skipped: list[str] = []
+    run_settings = SystemSettings(raw_top_n=args.raw_top_n, baseline_lora=args.baseline_lora == "on",
+                                  max_new_tokens=args.max_new_tokens)
     settings = {"checkpoints": {ck.label: ck.source for ck in checkpoints}, "systems": systems,
-                "raw_top_n": {ck.label: hybrid_raw_top_n(ck.engine, SystemSettings(raw_top_n=args.raw_top_n))
-                              for ck in checkpoints}, "baseline_lora": args.baseline_lora, "max_new_tokens": args.max_new_tokens,
+                "raw_top_n": {ck.label: hybrid_raw_top_n(ck.engine, run_settings) for ck in checkpoints},
+                "baseline_lora": args.baseline_lora, "max_new_tokens": args.max_new_tokens,
                 "window_tokens": checkpoints[0].engine.window_tokens}
     if args.data:
         rebucket(data_items, count_tokens)
@@ -144,8 +146,6 @@ def run(args) -> int:
                         tokens_per_word=tokens_per_word)
     out.mkdir(parents=True, exist_ok=True)
     (out / "run.json").write_text(json.dumps(settings, indent=2))
-    run_settings = SystemSettings(raw_top_n=args.raw_top_n, baseline_lora=args.baseline_lora == "on",
-                                  max_new_tokens=args.max_new_tokens)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*generation flags.*")
         rows = run_eval(checkpoints, items, systems, run_settings, out, progress=not args.no_progress)
