@@ -25,6 +25,7 @@ import time
 import torch
 
 from e2llm import E2LLM
+from e2llm.adapter import mean_pool
 from e2llm.eval.metrics import score
 from e2llm.eval.systems import decoder_lora
 from e2llm.eval.tasks import heldout_documents
@@ -77,11 +78,7 @@ def linear_map(x_fit: torch.Tensor, y_fit: torch.Tensor, lam: float = 1.0):
 
 def pooled_states(engine, texts) -> torch.Tensor:
     """(n, De) mean of the encoder's token states with its LoRA on: what the adapter reads."""
-    out = []
-    for states, mask in engine._encoder_batches(texts):
-        m = mask.unsqueeze(-1).to(states.dtype)
-        out.append(((states * m).sum(1) / m.sum(1)).float())
-    return torch.cat(out)
+    return torch.cat([mean_pool(states, mask).float() for states, mask in engine._encoder_batches(texts)])
 
 
 def main() -> None:

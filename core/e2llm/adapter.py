@@ -18,6 +18,13 @@ from torch import nn
 from .config import AdapterConfig
 
 
+def mean_pool(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, T, De) token states, (B, T) mask -> (B, De) mean over the real tokens: a sentence
+    embedding, as the pretrained encoder was trained to give."""
+    m = mask.unsqueeze(-1).to(states.dtype)
+    return (states * m).sum(1) / m.sum(1).clamp(min=1)
+
+
 class PMAAdapter(nn.Module):
     def __init__(self, enc_dim: int, dec_dim: int, k: int, num_heads: int, ffn_mult: int, output_rms: float):
         super().__init__()
@@ -61,8 +68,7 @@ class MLPAdapter(nn.Module):
         if self.pooling == "cls":
             pooled = states[:, 0]
         else:
-            m = mask.to(states.dtype).unsqueeze(-1)
-            pooled = (states * m).sum(1) / m.sum(1).clamp(min=1)
+            pooled = mean_pool(states, mask)
         out = self.mlp(pooled)  # (N, k*Dd)
         return self.norm(out.view(out.shape[0], self.k, -1))
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from . import defaults
-from .adapter import build_adapter
+from .adapter import build_adapter, mean_pool
 from .cache import TensorCache, content_key
 from .checkpoint import check_tensors, read_config, read_tensors, save_checkpoint
 from .chunking import Chunk, chunk_texts
@@ -284,8 +284,7 @@ class E2LLM(GenerationMixin, nn.Module):
             with self.lock, off:
                 vecs = []
                 for states, mask in self._encoder_batches([texts[i] for i in todo]):
-                    m = mask.unsqueeze(-1).to(states.dtype)
-                    vecs.append(torch.nn.functional.normalize((states * m).sum(1) / m.sum(1).clamp(min=1), dim=-1))
+                    vecs.append(torch.nn.functional.normalize(mean_pool(states, mask), dim=-1))
             fresh = torch.cat(vecs)
             for j, i in enumerate(todo):
                 found[i] = fresh[j].clone()
