@@ -7,6 +7,7 @@ import torch
 
 from e2llm import E2LLM, CheckpointError, ConfigError, ContextTooLongError, InputError, SoftPrompts
 from e2llm.checkpoint import WEIGHTS_NAME
+from safetensors.torch import save_file
 
 DOC = ("The red fox lives in the northern forest. It hunts at night.\n" * 12) + "The blue whale sings in the deep sea. " * 12
 
@@ -239,6 +240,21 @@ def test_checkpoint_truncated(make_tiny_engine, tmp_path):
     w = tmp_path / "ck" / WEIGHTS_NAME
     w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
     with pytest.raises(CheckpointError, match="corrupted or truncated"):
+        E2LLM.from_pretrained(tmp_path / "ck")
+
+
+def test_nan_weights_are_neither_saved_nor_loaded(make_tiny_engine, tmp_path):
+    engine = make_tiny_engine()
+    engine.save_pretrained(tmp_path / "ck")
+    before = (tmp_path / "ck" / WEIGHTS_NAME).read_bytes()
+    with torch.no_grad():
+        next(engine.adapter.parameters()).view(-1)[0] = float("nan")
+    with pytest.raises(CheckpointError, match="refusing to save .* 1 tensors hold NaN or inf .* is kept"):
+        engine.save_pretrained(tmp_path / "ck")
+    assert (tmp_path / "ck" / WEIGHTS_NAME).read_bytes() == before  # the good checkpoint survives
+    tensors = {k: v.clone() for k, v in engine.trained_state_dict().items()}
+    save_file(tensors, str(tmp_path / "ck" / WEIGHTS_NAME))  # as a diverged run without the check would have
+    with pytest.raises(CheckpointError, match="1 tensors hold NaN or inf .*diverged: load an earlier checkpoint"):
         E2LLM.from_pretrained(tmp_path / "ck")
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from e2llm import ConfigError, E2LLM, InputError
+from e2llm import ConfigError, E2LLM, InputError, TrainingError
 from e2llm.train import Sample, TrainConfig, TrainData, Trainer
 from e2llm.train.data import load_reason, sample_indices
 from e2llm.train.trainer import lr_at
@@ -153,6 +153,48 @@ def test_reconstruction_can_be_kept_from_the_decoder_lora(tiny_backbones, tmp_pa
     assert changed("decoder_lora.")
     samples = trainer._step_samples(0)
     assert len(trainer._micro_batches(samples)) == 1 and {s.kind for s in samples} == {"recon", "reason"}
+
+
+def _nan_gradients_at(trainer, steps):
+    """Make the adapter's gradient NaN during the given steps (counted from 0)."""
+    state = {"step": 0}
+    first = next(trainer.engine.adapter.parameters())
+    first.register_hook(lambda g: g * float("nan") if state["step"] in steps else g)
+    step_samples = trainer._step_samples
+
+    def counting(step):
+        state["step"] = step
+        return step_samples(step)
+
+    trainer._step_samples = counting
+
+
+def test_a_nan_gradient_step_is_skipped(tiny_backbones, tmp_path):
+    trainer = Trainer(tiny_train_config(tiny_backbones, tmp_path / "run", max_steps=4), data=tiny_data())
+    _nan_gradients_at(trainer, {2})
+    final = E2LLM.from_pretrained(trainer.train()).trained_state_dict()  # loads: every weight finite
+    assert all(torch.isfinite(v).all() for v in final.values())
+    recs = [json.loads(l) for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines() if "grad_norm" in l]
+    assert [r.get("nonfinite_steps_skipped", 0) for r in recs] == [0, 0, 1, 1]
+    assert recs[2]["grad_norm"] != recs[2]["grad_norm"] and all(r["grad_norm"] == r["grad_norm"] for r in recs[3:])
+
+
+def test_nan_gradients_in_a_row_stop_the_run(tiny_backbones, tmp_path):
+    cfg = tiny_train_config(tiny_backbones, tmp_path / "run", max_steps=8, max_nonfinite_steps=3)
+    trainer = Trainer(cfg, data=tiny_data())
+    _nan_gradients_at(trainer, {3, 4, 5, 6, 7})
+    with pytest.raises(TrainingError, match=r"3 steps in a row \(up to step 6\) gave NaN .* checkpoint is .*step-000004"):
+        trainer.train()
+
+
+def test_training_on_cuda_avoids_cudnn_attention():
+    from e2llm.train.trainer import attention_without_cudnn
+
+    with attention_without_cudnn("cpu"):
+        assert torch.backends.cuda.cudnn_sdp_enabled()  # the CPU has no such kernel: nothing changes
+    with attention_without_cudnn("cuda:0"):  # the flags exist on CPU builds too
+        assert not torch.backends.cuda.cudnn_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+    assert torch.backends.cuda.cudnn_sdp_enabled()
 
 
 def test_overlong_samples_are_skipped(tiny_backbones, tmp_path, capsys):

@@ -2,7 +2,8 @@
 from .chunking import Chunk, chunk_spans, chunk_text, chunk_texts
 from .config import (AdapterConfig, ChunkingConfig, DecoderConfig, E2LLMConfig, EncoderConfig, LoraSettings,
                      PromptConfig)
-from .errors import CheckpointError, ConfigError, ContextTooLongError, E2LLMError, InputError, ModelNotFoundError
+from .errors import (CheckpointError, ConfigError, ContextTooLongError, E2LLMError, InputError, ModelNotFoundError,
+                     TrainingError)
 from .generation import GenerationResult, TextStream
 from .model import E2LLM
 from .softprompts import SoftPrompts
@@ -13,4 +14,5 @@ __all__ = [
     "E2LLM", "E2LLMConfig", "EncoderConfig", "DecoderConfig", "AdapterConfig", "ChunkingConfig", "PromptConfig",
     "LoraSettings", "SoftPrompts", "GenerationResult", "TextStream", "Chunk", "chunk_spans", "chunk_text", "chunk_texts",
     "E2LLMError", "ConfigError", "InputError", "ContextTooLongError", "CheckpointError", "ModelNotFoundError",
+    "TrainingError",
 ]

@@ -45,7 +45,20 @@ def atomic_write_dir(target: Path, write) -> None:
         raise
 
 
+def nonfinite_tensors(tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of the tensors holding NaN or inf: the weights of a run that diverged."""
+    return sorted(k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+
+
+def refuse_nonfinite(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
+    bad = nonfinite_tensors(tensors)
+    if bad:
+        raise CheckpointError(f"refusing to save {path}: {len(bad)} tensors hold NaN or inf (e.g. {bad[0]}), the "
+                              "training diverged; whatever was saved there before is kept")
+
+
 def save_checkpoint(path: Path, config: E2LLMConfig, tensors: Mapping[str, torch.Tensor], extra_files: Mapping[str, str] = {}) -> None:
+    refuse_nonfinite(path, tensors)
     def write(tmp: Path) -> None:
         (tmp / CONFIG_NAME).write_text(config.to_json(), encoding="utf-8")
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / WEIGHTS_NAME),
@@ -92,3 +105,7 @@ def check_tensors(expected: Mapping[str, torch.Tensor], found: Mapping[str, torc
     if problems:
         raise CheckpointError(f"{source} does not match this model: " + "; ".join(problems)
                               + "; it was saved with another config or other backbones")
+    bad = nonfinite_tensors(found)
+    if bad:
+        raise CheckpointError(f"{source}: {len(bad)} tensors hold NaN or inf (e.g. {bad[0]}); the training run that "
+                              "wrote it diverged: load an earlier checkpoint")

@@ -23,3 +23,7 @@ class CheckpointError(E2LLMError):
 
 class ModelNotFoundError(E2LLMError):
     pass
+
+
+class TrainingError(E2LLMError):
+    pass

@@ -52,6 +52,9 @@ class OptimConfig(_Strict):
     batch_size: int = Field(8, ge=1, description="samples per step per objective (global, over all processes)")
     grad_accum: int = Field(1, ge=1)
     clip_norm: float = Field(1.0, gt=0)
+    # A step whose gradient is NaN or inf is skipped (weights and optimizer state untouched);
+    # this many in a row stop the run with an error instead of training on garbage.
+    max_nonfinite_steps: int = Field(10, ge=1)
     # Frozen backbones are stored in this dtype (bf16 matmuls run ~3x faster on these CPUs and on
     # GPUs); what trains (adapter, LoRA) and the optimizer state stay float32.
     backbone_dtype: Literal["float32", "bfloat16"] = "float32"

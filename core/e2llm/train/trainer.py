@@ -11,6 +11,7 @@ curve as one with the same batch.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -26,8 +27,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME, atomic_write_dir
-from ..errors import InputError
+from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME, atomic_write_dir, refuse_nonfinite
+from ..errors import InputError, TrainingError
 from ..model import E2LLM
 from ..prompts import PromptLayout
 from ..softprompts import SoftPrompts, soft_prompt_spread, spread
@@ -168,6 +169,7 @@ def save_training_state(path: Path, engine: E2LLM, opt, step: int, cfg: TrainCon
     opt_tensors, opt_meta = _optimizer_tensors(opt)
     if not write:
         return
+    refuse_nonfinite(path, model_tensors)
 
     def write(tmp: Path) -> None:
         (tmp / CONFIG_NAME).write_text(engine.config.to_json(), encoding="utf-8")
@@ -298,6 +300,10 @@ class Trainer:
         return state["step"]
 
     def train(self, resume: bool = False) -> Path:
+        with attention_without_cudnn(self.device):
+            return self._train(resume)
+
+    def _train(self, resume: bool) -> Path:
         from tqdm import tqdm
 
         cfg, o = self.cfg, self.cfg.optim
@@ -310,6 +316,7 @@ class Trainer:
         # The engine stays in eval mode: backbone dropout off, so a step is a pure function of
         # (weights, samples) and resumed or multi-process runs reproduce single-process ones.
         t_start = time.perf_counter()
+        nonfinite_run = nonfinite_total = 0
         bar = tqdm(range(start, o.max_steps), initial=start, total=o.max_steps, desc="train", disable=self.rank != 0)
         for step in bar:
             t0 = time.perf_counter()
@@ -338,8 +345,17 @@ class Trainer:
                         p.grad = None
             params = [p for g in self.groups for p in g["params"]]
             self.model.finish_backward(params)
-            grad_norm = self.model.clip_grad_norm(params, o.clip_norm)
-            self.opt.step()
+            grad_norm = self.model.clip_grad_norm(params, o.clip_norm)  # the same on every process
+            if math.isfinite(grad_norm):
+                self.opt.step()
+                nonfinite_run = 0
+            else:  # skip the update: one NaN step would turn every weight into NaN
+                nonfinite_run, nonfinite_total = nonfinite_run + 1, nonfinite_total + 1
+                if nonfinite_run >= o.max_nonfinite_steps:
+                    ck = latest_checkpoint(self.run_dir)
+                    raise TrainingError(f"training diverged: {nonfinite_run} steps in a row (up to step {step + 1}) gave NaN or "
+                                        f"inf gradients; lower optim.lr / optim.adapter_lr, or train the backbones in float32 "
+                                        f"(optim.backbone_dtype); the last good checkpoint is {ck or 'none yet'}")
             self.opt.zero_grad(set_to_none=True)
             if self.world > 1:
                 dist.all_reduce(sums)
@@ -352,6 +368,8 @@ class Trainer:
                 rec["loss_reason"] = float(sums[2] / sums[3])
             if cfg.objective.min_spread:
                 rec["spread_penalty"] = float(sums[4]) / self.world
+            if nonfinite_total:
+                rec["nonfinite_steps_skipped"] = nonfinite_total
             bar.set_postfix({k: f"{v:.3f}" for k, v in rec.items() if k.startswith("loss")} | {"tok/s": f"{tok_s:.0f}"})
             if (step + 1) % cfg.log_every == 0 or step == start:
                 log.write(rec)
@@ -393,6 +411,19 @@ class Trainer:
                                                  raw_texts=[s.raw_texts for s in checks], raw_top_n=0, max_new_tokens=24)
             out["val_answer_contained"] = sum(_norm(s.answer) in _norm(a) for s, a in zip(checks, answers)) / len(checks)
         return out
+
+
+def attention_without_cudnn(device) -> contextlib.AbstractContextManager:
+    """On CUDA, attention without the cuDNN kernels. Since torch 2.11 their backward pass gives NaN
+    query gradients on H100/H200 when an attention mask is passed, the padded length is 64 mod
+    128 and a row's log-sum-exp is very negative (pytorch/pytorch#196678): left-padded rows
+    are such rows. On one H200 a bf16 run's gradients turned NaN at step ~55 with a finite loss
+    (README "A GPU try of the content-first recipe"). The other kernels compute the same thing."""
+    if torch.device(device).type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 def _norm(text: str) -> str:
