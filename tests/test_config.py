@@ -44,6 +44,34 @@ def test_yaml_file(tmp_path):
     assert E2LLMConfig.from_file(p).adapter.tokens_per_chunk == 4
 
 
+def test_a_config_extends_another(tmp_path):
+    from e2llm.train import TrainConfig
+
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "stage.yaml").write_text(
+        "optim: {lr: 1.0e-3, max_steps: 50, batch_size: 8}\nobjective: {recon_weight: 0.3}\noutput_dir: runs/a\n")
+    (tmp_path / "variant.json").write_text(json.dumps(  # JSON too; the path is relative to the file
+        {"extends": "base/stage.yaml", "optim": {"max_steps": 80}, "objective": {"min_spread": 0.2}, "output_dir": "runs/b"}))
+    cfg = TrainConfig.load(tmp_path / "variant.json")
+    assert (cfg.optim.lr, cfg.optim.max_steps, cfg.optim.batch_size) == (1e-3, 80, 8)  # merged key by key
+    assert (cfg.objective.recon_weight, cfg.objective.min_spread, cfg.output_dir) == (0.3, 0.2, "runs/b")
+
+
+@pytest.mark.parametrize("files, needle", [
+    ({"a.yaml": "extends: missing.yaml\n"}, r"missing.yaml: config file not found \(extended by .*a.yaml\)"),
+    ({"a.yaml": "extends: b.yaml\n", "b.yaml": "extends: a.yaml\n"}, "'extends' loops back to a file that extends it"),
+    ({"a.yaml": "extends: [b.yaml]\n"}, "'extends' must name a config file"),
+    ({"a.yaml": "extends: b.yaml\n", "b.yaml": "optim: {lr: 1.0e-3, max_stepz: 3}\n"}, "unknown key 'optim.max_stepz'"),
+])
+def test_bad_extends_is_named(tmp_path, files, needle):
+    from e2llm.train import TrainConfig
+
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(ConfigError, match=needle):
+        TrainConfig.load(tmp_path / "a.yaml")
+
+
 @pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_training_configs_validate(path):
     from e2llm.train import TrainConfig

@@ -117,19 +117,44 @@ def validate_config(cls, data, source: str):
 
 
 def load_config_file(cls, path: str | Path):
-    """A JSON or YAML (.yaml/.yml) file validated as the pydantic model `cls`."""
+    """A JSON or YAML (.yaml/.yml) file validated as the pydantic model `cls`.
+
+    A file may start from another with ``extends: other.yaml`` (a path relative to it): its own
+    keys are merged over the other file's, mapping by mapping, so a recipe variant holds only
+    what it changes."""
+    return validate_config(cls, read_config_data(Path(path)), str(path))
+
+
+def read_config_data(path: Path, extended_by: tuple[Path, ...] = ()) -> dict:
+    """The file's keys, with its ``extends`` chain merged in (not validated)."""
     import yaml
 
-    path = Path(path)
+    if path.resolve() in extended_by:
+        chain = " -> ".join(str(p) for p in (*extended_by, path.resolve()))
+        raise ConfigError(f"{path}: 'extends' loops back to a file that extends it ({chain})")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
+        via = f" (extended by {extended_by[-1]})" if extended_by else ""
+        raise ConfigError(f"{path}: config file not found{via}") from None
     try:
         data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
     except (yaml.YAMLError, json.JSONDecodeError) as e:
         raise ConfigError(f"{path}: cannot parse ({str(e).splitlines()[0]})") from None
-    return validate_config(cls, data or {}, str(path))
+    data = data or {}
+    if not isinstance(data, dict) or "extends" not in data:
+        return data  # a non-mapping fails validation with its own message
+    parent = data.pop("extends")
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: 'extends' must name a config file, got {parent!r}")
+    return _merged(read_config_data(path.parent / parent, (*extended_by, path.resolve())), data)
+
+
+def _merged(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
 
 
 def describe_validation_error(e: ValidationError) -> str:
