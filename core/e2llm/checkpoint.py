@@ -59,6 +59,7 @@ def refuse_nonfinite(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
 
 def save_checkpoint(path: Path, config: E2LLMConfig, tensors: Mapping[str, torch.Tensor], extra_files: Mapping[str, str] = {}) -> None:
     refuse_nonfinite(path, tensors)
+
     def write(tmp: Path) -> None:
         (tmp / CONFIG_NAME).write_text(config.to_json(), encoding="utf-8")
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / WEIGHTS_NAME),

@@ -416,8 +416,8 @@ class Trainer:
 def attention_without_cudnn(device) -> contextlib.AbstractContextManager:
     """On CUDA, attention without the cuDNN kernels. Since torch 2.11 their backward pass gives NaN
     query gradients on H100/H200 when an attention mask is passed, the padded length is 64 mod
-    128 and a row's log-sum-exp is very negative (pytorch/pytorch#196678): left-padded rows
-    are such rows. On one H200 a bf16 run's gradients turned NaN at step ~55 with a finite loss
+    128 and a row's log-sum-exp is very negative (pytorch/pytorch#196678), which left-padded
+    rows can be. On one H200 a bf16 run's gradients turned NaN at step 60 with a finite loss
     (README "A GPU try of the content-first recipe"). The other kernels compute the same thing."""
     if torch.device(device).type != "cuda":
         return contextlib.nullcontext()
