@@ -15,6 +15,7 @@ def add_parser(sub, model_args) -> None:
 
 def run(args) -> int:
     from .config import TrainConfig
+    from .distributed import leave_process_group
     from .trainer import Trainer
 
     cfg = TrainConfig.load(args.config) if args.config else TrainConfig()
@@ -22,8 +23,11 @@ def run(args) -> int:
         cfg.output_dir = args.output_dir
     if args.max_steps:
         cfg.optim.max_steps = args.max_steps
-    trainer = Trainer(cfg)
-    final = trainer.train(resume=args.resume)
+    try:
+        trainer = Trainer(cfg)
+        final = trainer.train(resume=args.resume)
+    finally:
+        leave_process_group()
     if trainer.rank == 0:
         print(f"e2llm train: wrote {final} (load it with E2LLM.from_pretrained('{final}'))")
     return 0
