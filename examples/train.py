@@ -13,7 +13,7 @@ objective, and folders of .txt/.md (or JSONL with "text") for reconstruction.
 """
 import argparse
 
-from e2llm.train import TrainConfig, Trainer, leave_process_group
+from e2llm.train import TrainConfig, Trainer
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--config", help="YAML/JSON TrainConfig; without it, the config below")
@@ -43,6 +43,5 @@ else:
 
 trainer = Trainer(cfg)
 final = trainer.train(resume=args.resume)
-leave_process_group()  # with several processes: before exit, or its threads may abort the process
 if trainer.rank == 0:
     print(f"trained model: {final}")

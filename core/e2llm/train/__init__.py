@@ -1,8 +1,7 @@
 """Training: the offline corpus and QA generator, the data pipeline and the trainer."""
 from .config import BuiltinData, DataConfig, ObjectiveConfig, OptimConfig, TrainConfig
 from .data import Sample, TrainData, build_data, load_reason
-from .distributed import leave_process_group
 from .trainer import Trainer
 
 __all__ = ["TrainConfig", "DataConfig", "BuiltinData", "OptimConfig", "ObjectiveConfig", "Trainer", "Sample",
-           "TrainData", "build_data", "load_reason", "leave_process_group"]
+           "TrainData", "build_data", "load_reason"]

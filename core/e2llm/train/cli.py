@@ -15,7 +15,6 @@ def add_parser(sub, model_args) -> None:
 
 def run(args) -> int:
     from .config import TrainConfig
-    from .distributed import leave_process_group
     from .trainer import Trainer
 
     cfg = TrainConfig.load(args.config) if args.config else TrainConfig()
@@ -23,11 +22,8 @@ def run(args) -> int:
         cfg.output_dir = args.output_dir
     if args.max_steps:
         cfg.optim.max_steps = args.max_steps
-    try:
-        trainer = Trainer(cfg)
-        final = trainer.train(resume=args.resume)
-    finally:
-        leave_process_group()
+    trainer = Trainer(cfg)
+    final = trainer.train(resume=args.resume)
     if trainer.rank == 0:
         print(f"e2llm train: wrote {final} (load it with E2LLM.from_pretrained('{final}'))")
     return 0

@@ -35,7 +35,7 @@ from ..softprompts import SoftPrompts, soft_prompt_spread, spread
 from ..splice import IGNORE_INDEX, splice
 from .config import TrainConfig, config_differences
 from .data import Sample, TrainData, build_data, sample_indices
-from .distributed import Parallel, device_for, dist_info, full, like, shard_decoder
+from .distributed import Parallel, device_for, dist_info, full, leave_process_group, like, shard_decoder
 
 STATE_NAME, OPTIM_NAME = "trainer_state.json", "optimizer.safetensors"
 
@@ -197,7 +197,9 @@ def _prune(run_dir: Path, keep: int) -> None:
 class Trainer:
     def __init__(self, cfg: TrainConfig, engine: E2LLM | None = None, data: TrainData | None = None):
         self.cfg = cfg
+        joined_before = dist.is_initialized()
         self.rank, self.world = dist_info()
+        self.owns_process_group = dist.is_initialized() and not joined_before  # joined here: train() leaves it
         self.device = device_for(cfg.device, self.rank)
         torch.manual_seed(cfg.seed)
         if engine is None:
@@ -300,8 +302,14 @@ class Trainer:
         return state["step"]
 
     def train(self, resume: bool = False) -> Path:
-        with attention_without_cudnn(self.device):
-            return self._train(resume)
+        """Train to optim.max_steps; return the final model's folder. A process group this trainer
+        joined itself (under torchrun) is left when it returns, so train() runs once per process."""
+        try:
+            with attention_without_cudnn(self.device):
+                return self._train(resume)
+        finally:
+            if self.owns_process_group:
+                leave_process_group()
 
     def _train(self, resume: bool) -> Path:
         from tqdm import tqdm
