@@ -4,7 +4,9 @@ another listed choice, or nothing on the list (a made-up name, a sentence withou
     python scripts/choice_answers.py runs/long-hb            # an `e2llm eval` output folder
 
 A wrong answer that names no choice is a reading or instruction-following failure, not a
-wrong count: the split tells the two apart. The items are rebuilt from the folder's run.json
+wrong count: the split tells the two apart. Where the run has the no-context system, the
+last column counts answers word for word the same as its answer to the same question: a
+system that reads the document should rarely say what it says without it. The items are rebuilt from the folder's run.json
 (same seed, lengths, depths and tokens per word), so only synthetic runs are supported.
 """
 import argparse
@@ -28,7 +30,7 @@ def main() -> int:
         run = load_run(args.folder)
         tasks = [t for t in run.get("tasks", []) if METRIC_BY_TASK.get(t) == "choice"]
         if "tasks" in run and not tasks:
-            sys.exit(f"{args.folder}: no multiple-choice task (aggregation, topic) in this run")
+            sys.exit(f"{args.folder}: no multiple-choice task (aggregation, topic, mention) in this run")
         items = run_items(run, tasks)
     except InputError as e:
         sys.exit(f"error: {e}")
@@ -44,6 +46,10 @@ def main() -> int:
         except json.JSONDecodeError:
             sys.exit(f"{results}:{number}: not a JSON line (cut short by a kill? rerun the eval to repair it)")
         latest[row_key(row)] = row
+    blind: dict[tuple, list[dict]] = collections.defaultdict(list)  # the no-context answers per item
+    for row in latest.values():
+        if row["system"] == "none" and row["status"] == "ok":
+            blind[(row["task"], row["length"], row["item_id"])].append(row)
     counts: dict[tuple, collections.Counter] = collections.defaultdict(collections.Counter)
     for row in latest.values():
         item = by_key.get((row["task"], row["length"], row["item_id"]))
@@ -51,12 +57,20 @@ def main() -> int:
             continue
         picked = predict_choice(row["prediction"], item.choices, item.letters)
         outcome = "right" if picked == item.answer_index else "another choice" if picked is not None else "no choice"
-        counts[(row["task"], row["system"], row["checkpoint"])][outcome] += 1
-    print("| task | system | checkpoint | right | another listed choice | nothing on the list |")
-    print("|---|---|---|---:|---:|---:|")
+        key = (row["task"], row["system"], row["checkpoint"])
+        counts[key][outcome] += 1
+        nones = blind[(row["task"], row["length"], row["item_id"])]
+        # the same checkpoint's no-context answer, or the one shared by all (plain decoder)
+        none = next((r for r in nones if r["checkpoint"] == row["checkpoint"]), nones[0] if len(nones) == 1 else None)
+        if none is not None and row["system"] != "none":
+            counts[key]["compared"] += 1
+            counts[key]["same"] += row["prediction"].strip() == none["prediction"].strip()
+    print("| task | system | checkpoint | right | another listed choice | nothing on the list | same as no context |")
+    print("|---|---|---|---:|---:|---:|---:|")
     for (task, system, ck), c in sorted(counts.items()):
-        n = sum(c.values())
-        print(f"| {task} | {system} | {ck} | {c['right']}/{n} | {c['another choice']}/{n} | {c['no choice']}/{n} |")
+        n = c["right"] + c["another choice"] + c["no choice"]
+        same = f"{c['same']}/{c['compared']}" if c["compared"] else "–"
+        print(f"| {task} | {system} | {ck} | {c['right']}/{n} | {c['another choice']}/{n} | {c['no choice']}/{n} | {same} |")
     return 0
 
 

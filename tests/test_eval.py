@@ -72,14 +72,14 @@ def test_lengths():
 
 
 def test_synthetic_items_deterministic_and_held_out():
-    from e2llm.eval.tasks import SPLIT_SEED, TASKS, VAL_FRACTION, synthetic_items
+    from e2llm.eval.tasks import KNOWN_TASKS, SPLIT_SEED, TASKS, VAL_FRACTION, synthetic_items
     from e2llm.train.corpus import load_corpus, split_documents
 
     train, val = split_documents(load_corpus(), SPLIT_SEED, VAL_FRACTION)
-    a, skipped = synthetic_items(TASKS, [600], [0.0, 1.0], 2, tokens_per_word=1.8, docs=val)
-    b, _ = synthetic_items(TASKS, [600], [0.0, 1.0], 2, tokens_per_word=1.8, docs=val)
+    a, skipped = synthetic_items(KNOWN_TASKS, [600], [0.0, 1.0], 2, tokens_per_word=1.8, docs=val)
+    b, _ = synthetic_items(KNOWN_TASKS, [600], [0.0, 1.0], 2, tokens_per_word=1.8, docs=val)
     assert not skipped and [i.content_hash for i in a] == [i.content_hash for i in b]
-    assert {i.task for i in a} == set(TASKS)
+    assert {i.task for i in a} == set(KNOWN_TASKS) and "mention" not in TASKS  # opt-in only
     val_ids, train_ids = {d.doc_id for d in val}, {d.doc_id for d in train}
     used = {d for item in a for d in item.meta["doc_ids"]}
     assert used <= val_ids and not used & train_ids
@@ -413,20 +413,27 @@ def test_choice_answers_script_splits_right_other_and_off_list(tmp_path):
     script = Path(__file__).resolve().parents[1] / "scripts" / "choice_answers.py"
     done = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "| aggregation | rag | k1 | 1/3 | 1/3 | 1/3 |" in done.stdout
+    assert "| aggregation | rag | k1 | 1/3 | 1/3 | 1/3 | – |" in done.stdout
     rerun = items[2]  # a rerun appends a second row for an answer: the last one counts, once
     with open(tmp_path / "items.jsonl", "a") as f:
         f.write(json.dumps({"task": rerun.task, "length": rerun.length, "item_id": rerun.item_id, "system": "rag",
                             "checkpoint": "k1", "status": "ok", "prediction": rerun.choices[rerun.answer_index]}) + "\n")
     done = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=120)
-    assert "| aggregation | rag | k1 | 2/3 | 1/3 | 0/3 |" in done.stdout, done.stdout
+    assert "| aggregation | rag | k1 | 2/3 | 1/3 | 0/3 | – |" in done.stdout, done.stdout
+    # with no-context answers: how many of rag's are word for word the same (here the second)
+    with open(tmp_path / "items.jsonl", "a") as f:
+        for i, p in zip(items, ["something else", f" {wrong} ", "nothing"]):
+            f.write(json.dumps({"task": i.task, "length": i.length, "item_id": i.item_id, "system": "none",
+                                "checkpoint": "k1", "status": "ok", "prediction": p}) + "\n")
+    done = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert "| aggregation | rag | k1 | 2/3 | 1/3 | 0/3 | 1/3 |" in done.stdout, done.stdout
     bad = subprocess.run([sys.executable, str(script), str(tmp_path / "nope")], capture_output=True, text=True)
     assert bad.returncode == 1 and "no run.json" in bad.stderr and "Traceback" not in bad.stderr
     # a line cut short by a kill, and settings that are not an eval run's: one line each, files kept
     with open(tmp_path / "items.jsonl", "a") as f:
         f.write('{"task": "aggreg')
     bad = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 1 and "items.jsonl:5: not a JSON line" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 1 and "items.jsonl:8: not a JSON line" in bad.stderr and "Traceback" not in bad.stderr
     assert (tmp_path / "items.jsonl").read_text().endswith('{"task": "aggreg')
     (tmp_path / "run.json").write_text(json.dumps({"tasks": ["aggregation"]}))
     bad = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=120)

@@ -187,6 +187,16 @@ def test_aggregation_answer_is_the_unique_most_frequent(samples: list[dict]) -> 
             assert s["context"].lower().count(name) == count and name in s["prompt"]
 
 
+def test_mention_lists_four_names_of_which_only_the_answer_appears(corpus: list[Document], samples: list[dict]) -> None:
+    # Also on one-chunk contexts, the lengths the kind is meant for.
+    short = make_qa_samples(corpus, 6, seed=3, context_tokens=(48, 96), kinds=["mention"])
+    for s in by_kind(samples, "mention") + short:
+        choices, context = s["meta"]["choices"], s["context"].lower()
+        assert len(set(choices)) == 4 and all(c in s["prompt"] for c in choices)
+        assert [context.count(c) for c in choices] == [int(c == s["answer"]) for c in choices]
+    assert all(len(s["context"].split()) <= 96 for s in short)
+
+
 def test_samples_are_deterministic_and_seed_dependent(corpus: list[Document], samples: list[dict]) -> None:
     again = make_qa_samples(corpus, 40, seed=7, context_tokens=(1500, 4000), kinds=QA_KINDS)
     assert again == samples

@@ -20,7 +20,7 @@ from pathlib import Path
 from ..errors import InputError
 from .systems import SYSTEMS, SystemSettings, hybrid_raw_top_n
 from .tasks import (DEFAULT_DEPTHS, DEFAULT_ITEMS, DEFAULT_LENGTHS, EVAL_SEED, QUICK_DEPTHS, QUICK_ITEMS,
-                    QUICK_LENGTHS, SPLIT_SEED, TASKS, VAL_FRACTION, format_length, parse_length)
+                    QUICK_LENGTHS, SPLIT_SEED, TASKS, KNOWN_TASKS, OPT_IN_TASKS, VAL_FRACTION, format_length, parse_length)
 
 QUICK_DATA_ITEMS = 5
 
@@ -40,7 +40,7 @@ def add_parser(sub, model_args=None) -> None:
                    help="LongBench / LongBench v2 / RULER-style JSONL instead of the synthetic tasks (repeatable)")
     p.add_argument("--metric", default="auto", help="for --data: auto (choice / f1 / rougeL per record), contains, choice, em, f1, rougeL")
     p.add_argument("--max-items", type=int, default=None, help="for --data: first N records of each file")
-    p.add_argument("--tasks", nargs="+", metavar="TASK", help=f"synthetic tasks (default all: {' '.join(TASKS)})")
+    p.add_argument("--tasks", nargs="+", metavar="TASK", help=f"synthetic tasks (default: {' '.join(TASKS)}; also {' '.join(OPT_IN_TASKS)})")
     p.add_argument("--systems", nargs="+", metavar="SYSTEM", help=f"systems (default all: {' '.join(SYSTEMS)})")
     p.add_argument("--lengths", nargs="+", metavar="N", help="context lengths in decoder tokens, e.g. 2K 8K 32K "
                    f"(default {' '.join(map(format_length, DEFAULT_LENGTHS))})")
@@ -67,9 +67,9 @@ def _check_args(args) -> tuple[Path, list[str]]:
     unknown = [s for s in systems if s not in SYSTEMS]
     if unknown:
         raise InputError(f"unknown system(s) {', '.join(unknown)}; choose from {', '.join(SYSTEMS)}")
-    unknown = [t for t in args.tasks or () if t not in TASKS]
+    unknown = [t for t in args.tasks or () if t not in KNOWN_TASKS]
     if unknown:
-        raise InputError(f"unknown task(s) {', '.join(unknown)}; choose from {', '.join(TASKS)}")
+        raise InputError(f"unknown task(s) {', '.join(unknown)}; choose from {', '.join(KNOWN_TASKS)}")
     for name, value, low in (("--items", args.items, 1), ("--max-items", args.max_items, 1),
                              ("--raw-top-n", args.raw_top_n, 0), ("--max-new-tokens", args.max_new_tokens, 1),
                              ("--threads", args.threads, 1)):

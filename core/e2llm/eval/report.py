@@ -15,7 +15,7 @@ from typing import Iterable, Optional, Sequence
 from .metrics import summarize
 from .runner import BASE_LABEL
 from .systems import E2LLM_SYSTEMS, NA_WINDOW, RAG_SYSTEMS, SYSTEMS
-from .tasks import TASKS, format_length
+from .tasks import KNOWN_TASKS, format_length
 
 HEATMAP_TASK = "single_fact"
 
@@ -51,7 +51,7 @@ def series_name(system: str, checkpoint: str, several: bool) -> str:
 
 
 def _task_order(task: str) -> tuple:
-    return (TASKS.index(task), "") if task in TASKS else (len(TASKS), task)
+    return (KNOWN_TASKS.index(task), "") if task in KNOWN_TASKS else (len(KNOWN_TASKS), task)
 
 
 def aggregate(rows: Sequence[dict]) -> list[Cell]:

@@ -32,9 +32,13 @@ from ..train.config import SPLIT_SEED, VAL_FRACTION  # the trainer's document sp
 EVAL_SEED = 1000  # synthetic items of length L use sample seed EVAL_SEED + L
 
 TASKS = ("single_fact", "multi_fact", "two_chunk", "aggregation", "topic")
+# Asked for by name only (--tasks mention): which of four names the document mentions, a probe
+# of what the soft prompts carry at short lengths rather than a long-document task.
+OPT_IN_TASKS = ("mention",)
+KNOWN_TASKS = TASKS + OPT_IN_TASKS
 DEPTH_TASKS = frozenset({"single_fact"})  # needle placed at each grid depth (the heat map)
 METRIC_BY_TASK = {"single_fact": "contains", "multi_fact": "contains", "two_chunk": "contains",
-                  "aggregation": "choice", "topic": "choice"}
+                  "aggregation": "choice", "topic": "choice", "mention": "choice"}
 
 DEFAULT_LENGTHS = (2048, 4096, 8192, 16384, 32768, 65536)
 DEFAULT_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -113,7 +117,7 @@ def calibrate_tokens_per_word(count_tokens: Callable[[str], int], docs: Sequence
 def _item_from_sample(task: str, length: int, item_id: str, sample: dict) -> EvalItem:
     meta = sample["meta"]
     choices = answer_index = None
-    if task == "topic":
+    if task in ("topic", "mention"):
         choices = list(meta["choices"])
     elif task == "aggregation":
         choices = list(meta["counts"])
@@ -132,9 +136,9 @@ def synthetic_items(tasks: Sequence[str] = TASKS, lengths: Sequence[int] = DEFAU
     """Items for every task x length (single_fact: spread over ``depths``, the same haystack
     at each depth). Returns (items, skipped): a cell the held-out text cannot fill is
     skipped with a reason instead of failing the run."""
-    unknown = [t for t in tasks if t not in TASKS]
+    unknown = [t for t in tasks if t not in KNOWN_TASKS]
     if unknown:
-        raise InputError(f"unknown task(s) {', '.join(unknown)}; choose from {', '.join(TASKS)}")
+        raise InputError(f"unknown task(s) {', '.join(unknown)}; choose from {', '.join(KNOWN_TASKS)}")
     if items_per_task < 1:
         raise InputError("--items must be at least 1")
     if any(not 0.0 <= d <= 1.0 for d in depths) or not depths:

@@ -8,8 +8,9 @@ guessed from world knowledge: the model has to read the (compressed) context.
 
 Kinds: ``single_fact`` (a RULER-style needle at a controlled depth), ``two_chunk`` (two
 facts at least 40% of the context apart, both needed), ``topic`` (which title the context
-covers), ``multi_fact`` (several needles, one asked: multi-key) and ``aggregation`` (the
-most often mentioned of several names).
+covers), ``multi_fact`` (several needles, one asked: multi-key), ``aggregation`` (the
+most often mentioned of several names) and ``mention`` (which of four names the context
+mentions once: the smallest question about content, answerable from one chunk).
 
 Sample ``i`` of seed ``s`` is drawn from its own ``random.Random(f"{s}:{i}")``: it does not
 depend on ``num_samples`` and never on the global RNG. Contexts use only the documents
@@ -32,8 +33,8 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 from .corpus import Document, OnError, PathLike, check_on_error, iter_jsonl_records, report_data_error
 
 DEFAULT_KINDS = ("single_fact", "two_chunk", "topic")
-QA_KINDS = ("single_fact", "two_chunk", "topic", "multi_fact", "aggregation")
-FACT_KINDS = frozenset({"single_fact", "two_chunk", "multi_fact", "aggregation"})
+QA_KINDS = ("single_fact", "two_chunk", "topic", "multi_fact", "aggregation", "mention")
+FACT_KINDS = frozenset({"single_fact", "two_chunk", "multi_fact", "aggregation", "mention"})
 MIN_TWO_CHUNK_GAP = 0.4  # fraction of the context between the two facts of a two_chunk sample
 _MIN_WORDS_PER_DOC = 40
 _NUM_TOPIC_CHOICES = 4
@@ -427,9 +428,27 @@ def _aggregation(request: _Request) -> dict[str, Any]:
     return _sample("aggregation", context, prompt, names[0], filler, request.pool, meta)
 
 
+def _mention(request: _Request) -> dict[str, Any]:
+    """One name mentioned once among four listed; the other three appear nowhere. Unlike
+    aggregation nothing is counted: one chunk's soft prompt holds the whole answer, so on
+    short contexts it asks the soft prompts for their content as directly as QA can."""
+    rng = request.rng
+    filler = _build_filler(request, reserve_words=9)
+    haystack, taken = filler.text.lower(), set()
+    names = [_fresh(rng, _entity, haystack, taken) for _ in range(_NUM_TOPIC_CHOICES)]
+    depth = request.depth if request.depth is not None else rng.random()
+    sentence = rng.choice(MENTION_TEMPLATES).format(entity=names[0])
+    context, offsets = _insert_sentences(filler.text, [(depth, sentence)])
+    listed = names[:]
+    rng.shuffle(listed)
+    prompt = f"Which of these names does the document mention: {', '.join(listed[:-1])} or {listed[-1]}?"
+    meta = {"depth": depth, "fact_offsets": offsets, "facts": [sentence], "choices": listed}
+    return _sample("mention", context, prompt, names[0], filler, request.pool, meta)
+
+
 _BUILDERS: dict[str, Callable[[_Request], dict[str, Any]]] = {
     "single_fact": _single_fact, "two_chunk": _two_chunk, "topic": _topic,
-    "multi_fact": _multi_fact, "aggregation": _aggregation,
+    "multi_fact": _multi_fact, "aggregation": _aggregation, "mention": _mention,
 }
 
 
