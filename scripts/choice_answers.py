@@ -6,8 +6,9 @@ another listed choice, or nothing on the list (a made-up name, a sentence withou
 A wrong answer that names no choice is a reading or instruction-following failure, not a
 wrong count: the split tells the two apart. Where the run has the no-context system, the
 last column counts answers word for word the same as its answer to the same question: a
-system that reads the document should rarely say what it says without it. The items are rebuilt from the folder's run.json
-(same seed, lengths, depths and tokens per word), so only synthetic runs are supported.
+system that reads the document should rarely say what it says without it. The items are
+rebuilt from the folder's run.json (same seed, lengths, depths and tokens per word), so only
+synthetic runs are supported.
 """
 import argparse
 import collections
