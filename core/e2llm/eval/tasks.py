@@ -117,7 +117,7 @@ def calibrate_tokens_per_word(count_tokens: Callable[[str], int], docs: Sequence
 def _item_from_sample(task: str, length: int, item_id: str, sample: dict) -> EvalItem:
     meta = sample["meta"]
     choices = answer_index = None
-    if task in ("topic", "mention"):
+    if "choices" in meta:  # kinds that list their choices (topic, mention)
         choices = list(meta["choices"])
     elif task == "aggregation":
         choices = list(meta["counts"])
