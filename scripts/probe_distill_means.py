@@ -16,9 +16,8 @@ import torch.nn.functional as F
 
 from e2llm import E2LLM
 from e2llm.eval.systems import decoder_lora
-from e2llm.train.config import DataConfig
-from e2llm.train.data import build_data
 from e2llm.train.trainer import ObjectiveLoss, mean_loss
+from probe_mean_embeddings import embedding_means, heldout_recon_data, recon_losses
 
 k = int(sys.argv[1]) if len(sys.argv) > 1 else 16
 steps = int(sys.argv[2]) if len(sys.argv) > 2 else 200
@@ -26,23 +25,8 @@ torch.manual_seed(0)
 config = E2LLM.from_pretrained("default").config.model_copy(deep=True)
 config.adapter.tokens_per_chunk = k
 engine = E2LLM.build(config)  # fresh adapter and LoRAs (a fresh decoder LoRA changes nothing)
-builtin = {"num_qa_train": 0, "num_qa_val": 0, "num_recon_train": 1600, "num_recon_val": 32}
-data = build_data(DataConfig.model_validate({"builtin": builtin}), engine.config.prompt.reconstruct_question)
-tok = engine.decoder_tokenizer
-table = engine._decoder_base.get_input_embeddings().weight.detach().float()  # (V, Dd)
+data = heldout_recon_data(engine, 1600)
 rms = engine.config.adapter.output_rms
-
-
-def means(texts) -> torch.Tensor:
-    """(N, k, Dd): k means of a chunk's decoder-token embeddings, at a token embedding's RMS."""
-    out = []
-    for text in texts:
-        ids = torch.tensor(tok(" " + text.strip(), add_special_tokens=False)["input_ids"])
-        v = torch.stack([table[p].mean(0) for p in ids.tensor_split(min(k, len(ids)))])
-        v = torch.cat([v, v[-1:].expand(k - len(v), -1)])
-        out.append(v / v.pow(2).mean(-1, keepdim=True).sqrt() * rms)
-    return torch.stack(out)
-
 
 train_chunks = [c.text for s in data.recon_train for c in engine.chunk(s.context)]
 params = [{"params": list(engine.adapter.parameters()), "lr": 2e-3},
@@ -56,7 +40,8 @@ start = time.time()
 gen = torch.Generator().manual_seed(1)
 for step in range(1, steps + 1):
     batch = [train_chunks[i] for i in torch.randint(len(train_chunks), (16,), generator=gen).tolist()]
-    loss = F.mse_loss(engine.soft_prompts(batch).float(), means(batch)) / rms**2  # 1 = as far as a zero vector
+    target = embedding_means(engine, batch, k)  # (16, k, Dd)
+    loss = F.mse_loss(engine.soft_prompts(batch).float(), target) / rms**2  # 1 = as far as a zero vector
     opt.zero_grad()
     loss.backward()
     opt.step()
@@ -65,16 +50,12 @@ for step in range(1, steps + 1):
 engine.eval()
 engine.cache.clear()
 
-objective, val = ObjectiveLoss(engine), data.recon_val
-learned = engine.soft_prompts
+val, learned = data.recon_val, engine.soft_prompts
 with torch.no_grad(), decoder_lora(engine, False):
     print(f"\nk={k}, {steps} steps, {len(val)} held-out texts, plain decoder; no soft tokens: "
-          f"{mean_loss(objective, val, False):.3f} nats/token")
+          f"{mean_loss(ObjectiveLoss(engine), val, False):.3f} nats/token")
     print("| soft tokens | own chunk's | another chunk's |\n|---|---:|---:|")
-    for name, fn in (("distilled adapter", lambda texts, grad=True: learned(texts, False)),
-                     ("the means it imitates", lambda texts, grad=True: means(texts))):
-        row = []
-        for shift in (0, 1):
-            engine.soft_prompts = lambda texts, grad=True, fn=fn, shift=shift: fn(texts[shift:] + texts[:shift])
-            row.append(mean_loss(objective, val, True))
-        print(f"| {name} | {row[0]:.3f} | {row[1]:.3f} |", flush=True)
+    for name, fn in (("distilled adapter", lambda texts: learned(texts, False)),
+                     ("the means it imitates", lambda texts: embedding_means(engine, texts, k))):
+        own, other = recon_losses(engine, val, fn)
+        print(f"| {name} | {own:.3f} | {other:.3f} |", flush=True)
