@@ -19,6 +19,8 @@ from e2llm.eval.systems import decoder_lora
 from e2llm.train.trainer import ObjectiveLoss, mean_loss
 from probe_mean_embeddings import embedding_means, heldout_recon_data, recon_losses
 
+if len(sys.argv) > 3 or not all(a.isdigit() and int(a) > 0 for a in sys.argv[1:]):
+    sys.exit("usage: python scripts/probe_distill_means.py [K] [STEPS]   (positive integers, default 16 200)")
 k = int(sys.argv[1]) if len(sys.argv) > 1 else 16
 steps = int(sys.argv[2]) if len(sys.argv) > 2 else 200
 torch.manual_seed(0)

@@ -62,7 +62,10 @@ def recon_losses(engine: E2LLM, samples, soft_tokens: Callable[[list[str]], torc
 
 
 def main() -> None:
-    ks = [int(x) for x in (sys.argv[1] if len(sys.argv) > 1 else "0,1,4,16").split(",")]
+    arg = sys.argv[1] if len(sys.argv) > 1 else "0,1,4,16"
+    if len(sys.argv) > 2 or not all(x.isdigit() for x in arg.split(",")):
+        sys.exit("usage: python scripts/probe_mean_embeddings.py [K,K,...]   (K >= 0 soft tokens per text, e.g. 0,1,4,16)")
+    ks = [int(x) for x in arg.split(",")]
     engine = E2LLM.from_pretrained("default")
     val = heldout_recon_data(engine, 8).recon_val
     with decoder_lora(engine, False):
