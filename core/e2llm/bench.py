@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from .cli_common import add_model_args, load_from_args
+
 QUESTION = "Which statements does this document describe? Answer in one sentence."
 
 
@@ -211,7 +213,7 @@ def plot(rows: list[Row], path: Path) -> None:
     plt.close(fig)
 
 
-def add_bench_parser(sub, model_args) -> None:
+def add_bench_parser(sub) -> None:
     bench = sub.add_parser("bench", help="benchmarks (printed side by side in one run)")
     which = bench.add_subparsers(dest="bench", required=True)
     lat = which.add_parser("latency", help="E2LLM vs full-context stuffing: TTFT, total time, peak memory")
@@ -222,17 +224,16 @@ def add_bench_parser(sub, model_args) -> None:
     lat.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     lat.add_argument("--raw-top-n", type=int, default=None,
                      help="raw chunks e2llm also reads (hybrid; each question then ranks every chunk): default the checkpoint's")
-    model_args(lat)
+    add_model_args(lat)
 
     def run(args) -> int:
-        from .cli import _load
         from .errors import InputError
 
         if args.threads:
             torch.set_num_threads(args.threads)
         if args.raw_top_n is not None and args.raw_top_n < 0:  # before minutes of model loading
             raise InputError(f"--raw-top-n must be >= 0, got {args.raw_top_n}")
-        engine = _load(args)
+        engine = load_from_args(args)
         if args.raw_top_n is not None:
             engine.config.raw_top_n = args.raw_top_n
         print(f"e2llm reads every chunk compressed + the raw text of the {engine.config.raw_top_n} most similar to the question")

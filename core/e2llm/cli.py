@@ -6,57 +6,12 @@ a traceback from here means a bug in e2llm.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import warnings
-from pathlib import Path
 
+from .cli_common import add_model_args, load_from_args, quiet_libraries, read_text_file
 from .errors import E2LLMError, InputError
 
 EXIT_USAGE = 2
-
-
-def read_text_file(path: str) -> str:
-    """A UTF-8 text file, or an InputError that names the problem and the fix."""
-    p = Path(path)
-    if path == "-":
-        data = sys.stdin.buffer.read()
-        name = "standard input"
-    else:
-        if not p.exists():
-            raise InputError(f"{path}: no such file")
-        if p.is_dir():
-            raise InputError(f"{path} is a folder; pass the text files inside it")
-        data = p.read_bytes()
-        name = path
-    if b"\x00" in data[:65536]:
-        raise InputError(f"{name} looks binary (it holds NUL bytes); pass a text file (convert PDFs or documents to text first)")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise InputError(f"{name} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); "
-                         f"convert it first, e.g. iconv -f latin1 -t utf-8") from None
-
-
-def _quiet_libraries() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", module="peft")
-
-
-def _load(args):
-    from .model import E2LLM
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        engine = E2LLM.from_pretrained(args.checkpoint, dtype=args.dtype)
-    for w in caught:
-        if "trained" in str(w.message):
-            print(f"e2llm: note: {w.message}", file=sys.stderr)
-    return engine
 
 
 def cmd_ask(args) -> int:
@@ -68,7 +23,7 @@ def cmd_ask(args) -> int:
         raise InputError("no document: pass --context FILE (one or more) or pipe the text on standard input")
     if not args.question.strip():
         raise InputError("the question is empty; pass --question \"...\"")
-    engine = _load(args)
+    engine = load_from_args(args)
     context = docs[0] if len(docs) == 1 else docs
     kwargs = dict(max_new_tokens=args.max_new_tokens, raw_top_n=args.raw_top_n,
                   overflow="truncate" if args.truncate else "error")
@@ -89,7 +44,7 @@ def cmd_ask(args) -> int:
 
 
 def cmd_info(args) -> int:
-    engine = _load(args)
+    engine = load_from_args(args)
     counts = engine.num_parameters()
     print(engine.config.to_json())
     print(f"parameters: {counts['total']:,} total, {counts['trainable']:,} trainable")
@@ -107,10 +62,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="e2llm", description="Read whole long documents as compressed soft prompts (E2LLM).")
     sub = p.add_subparsers(dest="command", required=True)
 
-    def model_args(sp):
-        sp.add_argument("--checkpoint", default="default", help="checkpoint folder, or 'default' (the shipped one)")
-        sp.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="backbone precision")
-
     ask = sub.add_parser("ask", help="answer a question about a document")
     ask.add_argument("--context", nargs="+", metavar="FILE", help="text file(s); each is its own document (default: stdin)")
     ask.add_argument("--question", "-q", required=True)
@@ -119,12 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--truncate", action="store_true", help="drop the least relevant chunks instead of failing when too long")
     ask.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     ask.add_argument("--verbose", "-v", action="store_true", help="print token accounting to stderr")
-    model_args(ask)
+    add_model_args(ask)
     ask.set_defaults(func=cmd_ask)
 
     info = sub.add_parser("info", help="config, parameter counts and compression ratio")
     info.add_argument("--context", nargs="*", metavar="FILE", help="documents to report the compression of")
-    model_args(info)
+    add_model_args(info)
     info.set_defaults(func=cmd_info)
 
     from .bench import add_bench_parser
@@ -132,17 +83,17 @@ def build_parser() -> argparse.ArgumentParser:
     from .train.cli import add_parser as add_train_parser
     from .train.validate import add_parser as add_validate_parser
 
-    add_bench_parser(sub, model_args)
-    add_train_parser(sub, model_args)
-    add_eval_parser(sub, model_args)
-    add_validate_parser(sub, model_args)
+    add_bench_parser(sub)
+    add_train_parser(sub)
+    add_eval_parser(sub)
+    add_validate_parser(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _quiet_libraries()
+    quiet_libraries()
     try:
         return args.func(args) or 0
     except E2LLMError as e:

@@ -17,6 +17,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from ..cli_common import add_model_args, load_engine
 from ..errors import InputError
 from .systems import SYSTEMS, SystemSettings, hybrid_raw_top_n
 from .tasks import (DEFAULT_DEPTHS, DEFAULT_ITEMS, DEFAULT_LENGTHS, EVAL_SEED, QUICK_DEPTHS, QUICK_ITEMS,
@@ -25,13 +26,13 @@ from .tasks import (DEFAULT_DEPTHS, DEFAULT_ITEMS, DEFAULT_LENGTHS, EVAL_SEED, Q
 QUICK_DATA_ITEMS = 5
 
 
-def add_parser(sub, model_args=None) -> None:
-    """Add ``eval`` to the subcommands of ``e2llm`` (``model_args`` unused: --checkpoint repeats here)."""
+def add_parser(sub) -> None:
+    """Add ``eval`` to the subcommands of ``e2llm`` (--checkpoint repeats here, so not add_model_args's)."""
     p = sub.add_parser("eval", help="accuracy / latency / memory of e2llm vs rag, full context and no context",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", action="append", metavar="PATH",
                    help="checkpoint folder or 'default'; repeat to compare several (labelled by k tokens per chunk)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="backbone precision")
+    add_model_args(p, checkpoint=False)
     p.add_argument("--output", default="eval-results", help="results folder (reused to resume)")
     p.add_argument("--quick", action="store_true",
                    help=f"small grid: lengths {', '.join(map(format_length, QUICK_LENGTHS))}, depths {list(QUICK_DEPTHS)}, "
@@ -88,11 +89,10 @@ def _depths(values) -> list[float]:
     return depths
 
 
-def _load_engines(paths: list[str], dtype: str):
-    from ..cli import _load
+def _load_engines(paths: list[str], device: str | None, dtype: str):
     from .runner import Checkpoint, checkpoint_labels
 
-    engines = [_load(argparse.Namespace(checkpoint=p, dtype=dtype)) for p in paths]
+    engines = [load_engine(p, device, dtype) for p in paths]
     return [Checkpoint(label, engine, str(p)) for label, engine, p in zip(checkpoint_labels(engines), engines, paths)]
 
 
@@ -117,7 +117,7 @@ def run(args) -> int:
 
         torch.set_num_threads(args.threads)
 
-    checkpoints = _load_engines(args.checkpoint or ["default"], args.dtype)
+    checkpoints = _load_engines(args.checkpoint or ["default"], args.device, args.dtype)
     tok = checkpoints[0].engine.decoder_tokenizer
 
     def count_tokens(text: str) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def add_parser(sub, model_args) -> None:
+def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train the adapter and LoRAs (reconstruction + instruction tuning)")
     p.add_argument("--config", type=Path, help="YAML or JSON TrainConfig (default: all defaults)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir")

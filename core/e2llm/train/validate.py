@@ -16,6 +16,7 @@ from dataclasses import replace
 
 import torch
 
+from ..cli_common import add_model_args, load_from_args
 from ..eval.systems import decoder_lora
 from .config import SPLIT_SEED, VAL_FRACTION
 from .corpus import load_corpus, split_documents
@@ -60,16 +61,14 @@ def reconstruction_report(engine, num_texts: int = 24, words: int = 30, batch: i
     }
 
 
-def add_parser(sub, model_args) -> None:
+def add_parser(sub) -> None:
     p = sub.add_parser("validate", help="held-out reconstruction: loss with vs without soft prompts, ROUGE-L")
     p.add_argument("--num-texts", type=int, default=24)
     p.add_argument("--words", type=int, default=30, help="words per held-out text (about one chunk)")
-    model_args(p)
+    add_model_args(p)
 
     def run(args) -> int:
-        from ..cli import _load
-
-        engine = _load(args)
+        engine = load_from_args(args)
         r = reconstruction_report(engine, args.num_texts, args.words)
         first = engine.generate(engine.config.prompt.reconstruct_question, r["example"]["text"], raw_top_n=0,
                                 max_new_tokens=len(engine.layout.answer_ids(r["example"]["text"])) + 8)

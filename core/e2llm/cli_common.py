@@ -1,0 +1,71 @@
+"""What every ``e2llm`` subcommand shares: reading text files, the model options, loading.
+
+Subcommand modules (bench, eval, train, validate) import from here and never from
+:mod:`e2llm.cli`, which imports them: the dependency runs one way.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from .errors import InputError
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def read_text_file(path: str) -> str:
+    """A UTF-8 text file, or an InputError that names the problem and the fix."""
+    p = Path(path)
+    if path == "-":
+        data = sys.stdin.buffer.read()
+        name = "standard input"
+    else:
+        if not p.exists():
+            raise InputError(f"{path}: no such file")
+        if p.is_dir():
+            raise InputError(f"{path} is a folder; pass the text files inside it")
+        data = p.read_bytes()
+        name = path
+    if b"\x00" in data[:65536]:
+        raise InputError(f"{name} looks binary (it holds NUL bytes); pass a text file (convert PDFs or documents to text first)")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{name} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); "
+                         f"convert it first, e.g. iconv -f latin1 -t utf-8") from None
+
+
+def quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", module="peft")
+
+
+def add_model_args(sp, checkpoint: bool = True) -> None:
+    """--checkpoint, --device, --dtype: the same three options on every command that loads a model."""
+    if checkpoint:
+        sp.add_argument("--checkpoint", default="default", help="checkpoint folder, or 'default' (the shipped one)")
+    sp.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: cpu)")
+    sp.add_argument("--dtype", default="float32", choices=DTYPES, help="backbone precision")
+
+
+def load_engine(checkpoint: str, device: str | None = None, dtype: str = "float32"):
+    """E2LLM.from_pretrained, with the 'untrained adapter' warning turned into a note on stderr."""
+    from .model import E2LLM
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        engine = E2LLM.from_pretrained(checkpoint, dtype=dtype, device=device)
+    for w in caught:
+        if "trained" in str(w.message):
+            print(f"e2llm: note: {w.message}", file=sys.stderr)
+    return engine
+
+
+def load_from_args(args):
+    return load_engine(args.checkpoint, getattr(args, "device", None), args.dtype)
