@@ -25,6 +25,23 @@ def mean_pool(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (states * m).sum(1) / m.sum(1).clamp(min=1)
 
 
+def pool(states: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """(B, T, De) token states, (B, T) mask -> (B, De), pooled as the encoder was trained:
+    "mean" (MiniLM, GTE), "cls" (the first token: BGE), "max" over real tokens, or "last"
+    (the last real token, whichever side is padded: decoder-style embedders)."""
+    if mode == "mean":
+        return mean_pool(states, mask)
+    if mode == "cls":
+        return states[:, 0]
+    if mode == "max":
+        return states.masked_fill(~mask.bool().unsqueeze(-1), torch.finfo(states.dtype).min).amax(1)
+    if mode == "last":
+        positions = torch.arange(mask.shape[1], device=mask.device)
+        last = (mask.bool() * positions).argmax(1)  # (B,) index of the last real token
+        return states[torch.arange(states.shape[0], device=states.device), last]
+    raise ValueError(f"unknown pooling '{mode}'; use mean, cls, max or last")
+
+
 class PMAAdapter(nn.Module):
     def __init__(self, enc_dim: int, dec_dim: int, k: int, num_heads: int, ffn_mult: int, output_rms: float):
         super().__init__()
@@ -65,16 +82,12 @@ class MLPAdapter(nn.Module):
 
     def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         # states (N, L, De), mask (N, L) -> (N, k, Dd)
-        if self.pooling == "cls":
-            pooled = states[:, 0]
-        else:
-            pooled = mean_pool(states, mask)
-        out = self.mlp(pooled)  # (N, k*Dd)
+        out = self.mlp(pool(states, mask, self.pooling))  # (N, k*Dd)
         return self.norm(out.view(out.shape[0], self.k, -1))
 
 
-def build_adapter(cfg: AdapterConfig, enc_dim: int, dec_dim: int, pooling: str = "mean") -> nn.Module:
+def build_adapter(cfg: AdapterConfig, enc_dim: int, dec_dim: int, pooling: str | None = "mean") -> nn.Module:
     rms = cfg.output_rms or 1.0
     if cfg.kind == "pma":
         return PMAAdapter(enc_dim, dec_dim, cfg.tokens_per_chunk, cfg.num_heads, cfg.ffn_mult, rms)
-    return MLPAdapter(enc_dim, dec_dim, cfg.tokens_per_chunk, cfg.mlp_hidden_size, pooling, rms)
+    return MLPAdapter(enc_dim, dec_dim, cfg.tokens_per_chunk, cfg.mlp_hidden_size, pooling or "mean", rms)

@@ -24,20 +24,33 @@ class LoraSettings(_Strict):
     r: int = Field(8, ge=0, le=512, description="LoRA rank; 0 = no LoRA")
     alpha: int = Field(16, ge=1)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    target_modules: list[str] = Field(default_factory=list, description="empty = model default")
+    target_modules: list[str] = Field(default_factory=list, description="empty = the architecture's default (filled at build)")
+
+
+Pooling = Literal["mean", "cls", "max", "last"]
+AttnImplementation = Literal["sdpa", "eager", "flash_attention_2"]
 
 
 class EncoderConfig(_Strict):
     name_or_path: str = "default"
-    pooling: Literal["mean", "cls"] = "mean"  # only used by the MLP adapter
+    # How a chunk's token states become one vector (the MLP adapter and the hybrid ranker).
+    # None: what the encoder folder's sentence-transformers 1_Pooling/config.json says (CLS for
+    # BGE, mean for MiniLM/GTE), else mean; filled in when the backbone is loaded.
+    pooling: Optional[Pooling] = None
+    attn_implementation: Optional[AttnImplementation] = Field(None, description="None: sdpa where the model has it, else eager")
+    trust_remote_code: bool = Field(False, description="run the model folder's own Python code (only if you trust it)")
     chunks_per_batch: int = Field(64, ge=1, description="bounded batch: memory stays flat for any document")
-    lora: LoraSettings = Field(default_factory=lambda: LoraSettings(r=16, alpha=32, target_modules=["query", "key", "value"]))
+    # target_modules empty: per architecture (peft's defaults, completed with the key projection);
+    # the resolved names are written back into the config, so a checkpoint records them
+    lora: LoraSettings = Field(default_factory=lambda: LoraSettings(r=16, alpha=32))
     hidden_size: Optional[int] = Field(None, ge=1, description="filled when the backbone is loaded")
 
 
 class DecoderConfig(_Strict):
     name_or_path: str = "default"
-    lora: LoraSettings = Field(default_factory=lambda: LoraSettings(r=8, alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    attn_implementation: Optional[AttnImplementation] = Field(None, description="None: sdpa where the model has it, else eager")
+    trust_remote_code: bool = Field(False, description="run the model folder's own Python code (only if you trust it)")
+    lora: LoraSettings = Field(default_factory=lambda: LoraSettings(r=8, alpha=16))
     hidden_size: Optional[int] = Field(None, ge=1, description="filled when the backbone is loaded")
     max_window_tokens: Optional[int] = Field(None, ge=16, description="context window; default: the model's own")
 

@@ -27,3 +27,7 @@ class ModelNotFoundError(E2LLMError):
 
 class TrainingError(E2LLMError):
     pass
+
+
+class DeviceError(E2LLMError, ValueError):
+    """A device that is not there, or a dtype / attention kernel the device cannot run."""

@@ -19,17 +19,19 @@ from torch import nn
 
 from . import defaults
 from .adapter import build_adapter, mean_pool
+from .backbones import load_backbone, sentence_transformers_pooling, with_lora
 from .cache import TensorCache, content_key
 from .checkpoint import check_tensors, read_config, read_tensors, save_checkpoint
 from .chunking import Chunk, chunk_texts
-from .config import E2LLMConfig, LoraSettings, PromptConfig, validate_config
-from .errors import CheckpointError, InputError, ModelNotFoundError
+from .config import E2LLMConfig, PromptConfig, validate_config
+from .devices import DTYPES, check_attn_implementation, resolve_device, resolve_dtype
+from .errors import CheckpointError, E2LLMError, InputError
 from .generation import GenerationMixin
 from .softprompts import SoftPrompts
 from .prompts import PromptLayout
 
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DTYPES = DTYPES
 
 
 def _bf16_autocast(device: torch.device, dtype: torch.dtype):
@@ -49,33 +51,16 @@ def _cpu_has_bf16() -> bool:
         return False
 
 
-def _load_backbone(kind: str, name: str, dtype: torch.dtype):
-    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
-
-    path = defaults.resolve_encoder(name) if kind == "encoder" else defaults.resolve_decoder(name)
-    cls = AutoModel if kind == "encoder" else AutoModelForCausalLM
-    try:
-        tok = AutoTokenizer.from_pretrained(path)
-        model = cls.from_pretrained(path, dtype=dtype)
-    except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelNotFoundError(f"could not load the {kind} '{name}' ({first}); pass a local model folder, "
-                                 "or a hub id on a machine that can reach the hub") from None
-    if not getattr(tok, "is_fast", False):
-        raise ModelNotFoundError(f"the {kind} '{name}' has no fast tokenizer; chunk offsets need one")
-    return model, tok
+_UNTRAINED_WARNED = False
 
 
-def _with_lora(model: nn.Module, lora: LoraSettings, task_type: str) -> nn.Module:
-    for p in model.parameters():
-        p.requires_grad_(False)
-    if lora.r == 0:
-        return model
-    from peft import LoraConfig, get_peft_model
-
-    cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                     target_modules=lora.target_modules or None, task_type=task_type)
-    return get_peft_model(model, cfg)
+def _warn_untrained_once(stacklevel: int = 3) -> None:
+    """A freshly built adapter answers nonsense: say so once per process, not on every build."""
+    global _UNTRAINED_WARNED
+    if not _UNTRAINED_WARNED:
+        _UNTRAINED_WARNED = True
+        warnings.warn("the adapter is freshly initialised (untrained): answers are not meaningful until you "
+                      "train it (e2llm train) or load a trained checkpoint", stacklevel=stacklevel)
 
 
 class E2LLM(GenerationMixin, nn.Module):
@@ -101,44 +86,71 @@ class E2LLM(GenerationMixin, nn.Module):
     @classmethod
     def build(cls, config: E2LLMConfig | None = None, *, dtype: str = "float32", device: str | None = None,
               cache_bytes: int = 256 * 2**20) -> "E2LLM":
-        """Backbones from `config`, LoRA attached, a freshly initialised adapter."""
+        """Backbones from `config`, LoRA attached, a freshly initialised adapter (warns once: it is untrained).
+        device: "cpu" (default), "cuda", "cuda:N", "mps" or "auto"; dtype: float32, bfloat16 or float16."""
+        _warn_untrained_once()
+        return cls._build(config, dtype=dtype, device=device, cache_bytes=cache_bytes)
+
+    @classmethod
+    def _build(cls, config: E2LLMConfig | None, *, dtype: str, device: str | None, cache_bytes: int) -> "E2LLM":
         config = (config or E2LLMConfig()).model_copy(deep=True)
-        torch_dtype = _DTYPES[dtype]
-        enc, enc_tok = _load_backbone("encoder", config.encoder.name_or_path, torch_dtype)
-        dec, dec_tok = _load_backbone("decoder", config.decoder.name_or_path, torch_dtype)
+        target = resolve_device(device)  # before any weights load: a bad device fails in a second
+        torch_dtype = resolve_dtype(dtype, target)
+        for part in ("encoder", "decoder"):
+            check_attn_implementation(getattr(config, part).attn_implementation, target, torch_dtype, part)
+        enc, enc_tok, enc_path = load_backbone("encoder", config.encoder, torch_dtype)
+        dec, dec_tok, _ = load_backbone("decoder", config.decoder, torch_dtype)
         enc_dim, dec_dim = enc.config.hidden_size, dec.get_input_embeddings().weight.shape[1]
         for part, want, got in (("encoder", config.encoder.hidden_size, enc_dim), ("decoder", config.decoder.hidden_size, dec_dim)):
             if want is not None and want != got:
                 raise CheckpointError(f"this checkpoint was trained for a {part} of width {want}, but "
                                       f"'{getattr(config, part).name_or_path}' has width {got}; use the {part} it was trained with")
         config.encoder.hidden_size, config.decoder.hidden_size = enc_dim, dec_dim
+        if config.encoder.pooling is None:  # the pooling the encoder was trained with, recorded in the config
+            config.encoder.pooling = sentence_transformers_pooling(enc_path) or "mean"
         if config.adapter.output_rms is None:
             emb = dec.get_input_embeddings().weight.detach().float()
             config.adapter.output_rms = round(float(emb.pow(2).mean().sqrt()), 6)
-        enc = _with_lora(enc, config.encoder.lora, "FEATURE_EXTRACTION")
-        dec = _with_lora(dec, config.decoder.lora, "CAUSAL_LM")
+        enc = with_lora(enc, config.encoder.lora, "FEATURE_EXTRACTION", "encoder")
+        dec = with_lora(dec, config.decoder.lora, "CAUSAL_LM", "decoder")
         adapter = build_adapter(config.adapter, enc_dim, dec_dim, config.encoder.pooling).to(torch_dtype)
         model = cls(config, enc, enc_tok, dec, dec_tok, adapter, cache_bytes)
         model.eval()
-        return model.to(device) if device else model
+        return model.to(target)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path = "default", *, dtype: str = "float32", device: str | None = None,
                         cache_bytes: int = 256 * 2**20) -> "E2LLM":
-        """Load a checkpoint folder; "default" is the checkpoint shipped for the default models."""
+        """Load a checkpoint folder; "default" is the checkpoint shipped for the default models.
+        device: "cpu" (default), "cuda", "cuda:N", "mps" or "auto"; dtype: float32, bfloat16 or float16."""
         if str(name_or_path) == "default":
             path = defaults.SHIPPED_CHECKPOINT
             if not (path / "config.json").exists():
-                warnings.warn("no trained default checkpoint is installed: the adapter is freshly initialised, "
-                              "so answers are not meaningful until you train one (e2llm train)", stacklevel=2)
-                return cls.build(E2LLMConfig(), dtype=dtype, device=device, cache_bytes=cache_bytes)
+                _warn_untrained_once(stacklevel=3)
+                return cls._build(E2LLMConfig(), dtype=dtype, device=device, cache_bytes=cache_bytes)
         else:
             path = Path(name_or_path)
         config = read_config(path)
         tensors = read_tensors(path)  # fail on a broken file before spending time on backbones
-        model = cls.build(config, dtype=dtype, device=device, cache_bytes=cache_bytes)
+        model = cls._build(config, dtype=dtype, device=device, cache_bytes=cache_bytes)
         model.load_trained_state_dict(tensors, source=str(path))
+        if not config.trained:
+            _warn_untrained_once(stacklevel=3)
         return model
+
+    def enable_gradient_checkpointing(self) -> list[str]:
+        """Recompute backbone activations in the backward pass instead of holding them (less memory,
+        about a third more compute); for training. Returns the parts it was switched on for."""
+        done = []
+        for part in ("encoder", "decoder"):
+            module = getattr(self, part)
+            base = module.get_base_model() if hasattr(module, "get_base_model") else module
+            if not getattr(base, "supports_gradient_checkpointing", False):
+                raise E2LLMError(f"the {part} ({type(base).__name__}) does not support gradient checkpointing; train without it")
+            # non-reentrant: works with frozen backbones whose inputs need no grad (LoRA, inputs_embeds)
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            done.append(part)
+        return done
 
     # ------------------------------------------------------------------ trained weights
     def trained_state_dict(self) -> dict[str, torch.Tensor]:

@@ -1,0 +1,142 @@
+"""Loading any encoder or causal-LM decoder, and what each architecture needs from us:
+its pooling (from the sentence-transformers folder), its LoRA target layers (from peft's
+per-architecture table), its attention kernel and whether its own code may run.
+
+Errors are one line that names the setting to change (the CLI exits 2 on them).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import defaults
+from .config import DecoderConfig, EncoderConfig, LoraSettings
+from .errors import ConfigError, DeviceError, ModelNotFoundError
+
+# sentence-transformers' 1_Pooling/config.json keys -> our pooling names (first true one wins;
+# mean_sqrt_len differs from mean by a scale only, which the cosine similarity ignores)
+_ST_POOLING = (("pooling_mode_cls_token", "cls"), ("pooling_mode_mean_tokens", "mean"),
+               ("pooling_mode_mean_sqrt_len_tokens", "mean"), ("pooling_mode_max_tokens", "max"),
+               ("pooling_mode_lasttoken", "last"))
+
+# peft's defaults adapt only the query and value projections; E2LLM also adapts the key (and,
+# where the names say so, the output) projection, as its reference recipe did for BERT and Llama
+_LORA_SIBLINGS = {"q_proj": ("k_proj", "o_proj"), "query": ("key",), "query_proj": ("key_proj",),
+                  "q": ("k",), "q_lin": ("k_lin",)}
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def load_backbone(part: str, cfg: EncoderConfig | DecoderConfig, dtype: torch.dtype):
+    """(model, fast tokenizer, resolved folder or hub id) for part "encoder" or "decoder"."""
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    name = cfg.name_or_path
+    path = defaults.resolve_encoder(name) if part == "encoder" else defaults.resolve_decoder(name)
+    cls = AutoModel if part == "encoder" else AutoModelForCausalLM
+    kwargs = dict(dtype=dtype, trust_remote_code=cfg.trust_remote_code)
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+        model = cls.from_pretrained(path, **kwargs)
+    except ImportError as e:  # a kernel or a model's own dependency that is not installed
+        raise DeviceError(f"could not load the {part} '{name}': {_first_line(e)}") from None
+    except (OSError, ValueError, KeyError) as e:
+        first = _first_line(e)
+        if "trust_remote_code" in first:
+            raise ConfigError(f"the {part} '{name}' ships its own model code; set {part}.trust_remote_code: true "
+                              "if you trust it, or pick a model transformers supports natively") from None
+        if cfg.attn_implementation and ("attn" in first.lower() or "attention" in first.lower()):
+            raise ConfigError(f"{part}.attn_implementation '{cfg.attn_implementation}' does not work with '{name}' "
+                              f"({first}); use eager, or leave it unset for the model's default") from None
+        raise ModelNotFoundError(f"could not load the {part} '{name}' ({first}); pass a local model folder, "
+                                 "or a hub id on a machine that can reach the hub") from None
+    if not getattr(tok, "is_fast", False):
+        raise ModelNotFoundError(f"the {part} '{name}' has no fast tokenizer; chunk offsets need one")
+    return model, tok, str(path)
+
+
+def sentence_transformers_pooling(path: str) -> str | None:
+    """The pooling an encoder folder (or a hub id already in the local cache) was trained with,
+    read from sentence-transformers' modules.json -> <Pooling>/config.json; None if it has none."""
+    modules = _local_file(path, "modules.json")
+    folder = "1_Pooling"
+    if modules is not None:
+        try:
+            entries = json.loads(modules.read_text(encoding="utf-8"))
+            folder = next((m["path"] for m in entries if str(m.get("type", "")).endswith(".Pooling")), folder)
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    config = _local_file(path, f"{folder}/config.json")
+    if config is None:
+        return None
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return next((mode for key, mode in _ST_POOLING if data.get(key)), None)
+
+
+def _local_file(path: str, name: str) -> Path | None:
+    if Path(path).is_dir():
+        f = Path(path) / name
+        return f if f.is_file() else None
+    try:  # a hub id: only what is already cached, never a download
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(path, name)
+        return Path(found) if isinstance(found, str) else None
+    except Exception:  # an id the cache cannot parse: no pooling config
+        return None
+
+
+def linear_layer_names(model: nn.Module) -> list[str]:
+    """Distinct last names of the model's linear layers (what LoRA can target), lm_head aside."""
+    from transformers.pytorch_utils import Conv1D  # GPT-2's linear layers
+
+    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D))}
+    return sorted(names - {"lm_head"})
+
+
+def lora_targets(model: nn.Module, lora: LoraSettings, part: str) -> list[str]:
+    """The configured target names, checked against the model; empty: the architecture's default."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
+
+    model_type = getattr(model.config, "model_type", type(model).__name__)
+    linear = linear_layer_names(model)
+    choose = f"its linear layers are: {', '.join(linear)}"
+    if lora.target_modules:
+        module_names = [n for n, _ in model.named_modules()]
+        for target in lora.target_modules:
+            if not any(n == target or n.endswith("." + target) for n in module_names):
+                raise ConfigError(f"{part}.lora.target_modules: '{target}' matches no layer of this {model_type} model; {choose}")
+        return list(lora.target_modules)
+    base = PEFT_DEFAULTS.get(model_type)
+    if not base:
+        raise ConfigError(f"{part}.lora.target_modules is empty and peft has no default for '{model_type}'; "
+                          f"set it to some of its linear layers ({', '.join(linear)}), or lora.r: 0 for no LoRA")
+    targets = list(base)
+    for name in base:
+        targets += [s for s in _LORA_SIBLINGS.get(name, ()) if s in linear and s not in targets]
+    return targets
+
+
+def with_lora(model: nn.Module, lora: LoraSettings, task_type: str, part: str) -> nn.Module:
+    """Freeze the backbone and attach LoRA; the resolved targets are written into `lora`."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if lora.r == 0:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    lora.target_modules = lora_targets(model, lora, part)
+    cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                     target_modules=list(lora.target_modules), task_type=task_type)
+    return get_peft_model(model, cfg)

@@ -1,0 +1,81 @@
+"""Device and precision: the user's strings ("cpu", "cuda:1", "auto"; "bfloat16", ...) checked
+against this machine before any weights load, so a device that is not there or a dtype it
+cannot run is one line (a DeviceError; the CLI exits 2), never a CUDA traceback mid-load.
+"""
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+from .errors import DeviceError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEVICE_CHOICES = "cpu, cuda, cuda:N, mps or auto"
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """None -> cpu; "auto" -> the first CUDA device, else Apple's mps, else cpu."""
+    if device is None:
+        return torch.device("cpu")
+    if isinstance(device, torch.device):
+        device = str(device)
+    name = str(device).strip().lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("mps") if _mps_available() else torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise DeviceError(f"unknown device '{device}'; use {DEVICE_CHOICES}") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible (check the driver and CUDA_VISIBLE_DEVICES)"
+            raise DeviceError(f"device '{device}' is not available: {why}; use --device cpu (device='cpu') or 'auto'")
+        count = torch.cuda.device_count()
+        index = 0 if dev.index is None else dev.index
+        if index >= count:
+            raise DeviceError(f"device '{device}' does not exist: this machine has {count} CUDA device"
+                              f"{'s' if count != 1 else ''} (cuda:0 to cuda:{count - 1}); pick one of those")
+        return torch.device("cuda", index)
+    if dev.type == "mps":
+        if not _mps_available():
+            raise DeviceError(f"device '{device}' is not available on this machine; use --device cpu or 'auto'")
+        return dev
+    raise DeviceError(f"device '{device}' is not supported; use {DEVICE_CHOICES}")
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """The torch dtype for a name, refused where `device` cannot compute in it."""
+    if isinstance(dtype, torch.dtype):
+        found = [k for k, v in DTYPES.items() if v == dtype]
+        if not found:
+            raise DeviceError(f"unsupported dtype {dtype}; use one of {', '.join(DTYPES)}")
+        dtype = found[0]
+    if dtype not in DTYPES:
+        raise DeviceError(f"unknown dtype '{dtype}'; use one of {', '.join(DTYPES)}")
+    if dtype == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        name = torch.cuda.get_device_name(device)
+        raise DeviceError(f"{name} ({device}) has no bfloat16 support; use --dtype float16 (or float32)")
+    # float16 on CPU runs (torch 2.x has CPU kernels for it), only slowly: allowed.
+    return DTYPES[dtype]
+
+
+def check_attn_implementation(impl: str | None, device: torch.device, dtype: torch.dtype, part: str) -> None:
+    """flash_attention_2 needs the flash-attn package, a CUDA device and a half-precision dtype."""
+    if impl != "flash_attention_2":
+        return
+    if importlib.util.find_spec("flash_attn") is None:
+        raise DeviceError(f"{part}.attn_implementation is flash_attention_2 but flash-attn is not installed; "
+                          "pip install flash-attn (CUDA only), or use sdpa")
+    if device.type != "cuda":
+        raise DeviceError(f"{part}.attn_implementation flash_attention_2 runs on CUDA only (device is {device}); use sdpa")
+    if dtype == torch.float32:
+        raise DeviceError(f"{part}.attn_implementation flash_attention_2 needs dtype bfloat16 or float16, not float32")
+
+
+def _mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
