@@ -4,7 +4,7 @@ from .config import (AdapterConfig, ChunkingConfig, DecoderConfig, E2LLMConfig, 
                      PromptConfig)
 from .errors import (CheckpointError, ConfigError, ContextTooLongError, E2LLMError, InputError, ModelNotFoundError,
                      TrainingError)
-from .generation import GenerationResult, TextStream
+from .generation import Citation, GenerationResult, TextStream
 from .model import E2LLM
 from .softprompts import SoftPrompts
 
@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "E2LLM", "E2LLMConfig", "EncoderConfig", "DecoderConfig", "AdapterConfig", "ChunkingConfig", "PromptConfig",
-    "LoraSettings", "SoftPrompts", "GenerationResult", "TextStream", "Chunk", "chunk_spans", "chunk_text", "chunk_texts",
+    "LoraSettings", "SoftPrompts", "GenerationResult", "Citation", "TextStream", "Chunk", "chunk_spans", "chunk_text", "chunk_texts",
     "E2LLMError", "ConfigError", "InputError", "ContextTooLongError", "CheckpointError", "ModelNotFoundError",
     "TrainingError",
 ]

@@ -33,14 +33,34 @@ class GenerationResult:
     chunks: list[Chunk] = field(default_factory=list)  # the chunks read, in order
     dropped_chunks: int = 0  # left out under overflow="truncate"
     raw_chunks: list[int] = field(default_factory=list)  # indices (into the context's chunks) also read raw
-    chunk_scores: Optional[list[float]] = None  # attention share of each read chunk (citations)
+    chunk_scores: Optional[list[float]] = None  # attention share of each read chunk's soft tokens (sums to 1)
+    citations: Optional[list["Citation"]] = None  # soft chunks and raw passages, by share of the answer's attention
     finish_reason: str = "length"  # "stop" (end of turn or stop string) or "length"
+
+
+@dataclass
+class Citation:
+    """A span of the document(s) the answer drew on, and how much: ``score`` is its share of the
+    attention the answer paid to all document positions (soft tokens and raw passages together;
+    the scores of one answer sum to 1). A chunk read both compressed and raw gets two entries."""
+
+    kind: Literal["soft", "raw"]  # read as soft tokens, or pasted as raw text (hybrid reading)
+    score: float
+    chunk: Optional[Chunk] = None  # source chunk (doc_index, character offsets); None for caller raw_texts
+    passage: int = -1  # raw: index into the raw passages read (caller raw_texts first, then raw chunks)
+
+    @property
+    def doc_index(self) -> Optional[int]:
+        return None if self.chunk is None else self.chunk.doc_index
 
 
 @dataclass
 class _Prepared:
     pieces: list
     result: GenerationResult  # text filled in after decoding
+    question: str = ""
+    raw_passages: list[str] = field(default_factory=list)  # raw texts read, in prompt order
+    raw_sources: list[Optional[Chunk]] = field(default_factory=list)  # the chunk each came from (None: caller's text)
 
 
 class _TokenQueue(BaseStreamer):
@@ -205,7 +225,8 @@ class GenerationMixin:
         result = GenerationResult(text="", prompt_tokens=fixed - max_new_tokens, soft_tokens=sp.num_soft_tokens,
                                   new_tokens=0, context_tokens=sum(c.num_tokens for c in chunks), chunks=sp.chunks,
                                   dropped_chunks=len(chunks) - len(keep), raw_chunks=raw_idx)
-        return _Prepared(self.layout.pieces(ids, sp.groups()), result)
+        return _Prepared(self.layout.pieces(ids, sp.groups()), result, question, raw,
+                         [None] * len(raw_texts) + [chunks[i] for i in raw_idx])
 
     # ---------------------------------------------------------------- decoding
     def _stop_token_ids(self) -> set[int]:
@@ -286,24 +307,51 @@ class GenerationMixin:
 
     @torch.no_grad()
     def _citations(self, prepared: _Prepared) -> list[float]:
-        """Share of the answer's attention (all layers and heads) that went to each chunk."""
+        """Share of the answer's attention (all layers and heads) that went to each chunk's soft
+        tokens, returned as ``chunk_scores``; also fills ``result.citations`` with the soft chunks
+        and raw passages together. Only the answer's query rows are ever computed (citations.py)."""
+        from .citations import answer_attention
+
         res = prepared.result
-        if not res.chunks:
+        if not res.chunks and not prepared.raw_passages:
+            res.citations = []
             return []
         base = self._decoder_base
-        spliced = self._splice([prepared])
+        spliced = self._splice([prepared])  # one row: no padding
         answer_ids = self.decoder_tokenizer(res.text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
         embeds = torch.cat([spliced.inputs_embeds[0], base.get_input_embeddings()(answer_ids.to(self.device))])[None]
         prompt_len = spliced.inputs_embeds.shape[1]
+        rows = slice(prompt_len - 1, max(prompt_len, embeds.shape[1] - 1))  # positions that predicted the answer
         with self.lock:
-            previous = base.config._attn_implementation
-            base.set_attn_implementation("eager")  # only eager attention returns the weights
-            try:
-                attentions = base(inputs_embeds=embeds, output_attentions=True).attentions
-            finally:
-                base.set_attn_implementation(previous)
-        att = torch.stack([a[0].float() for a in attentions]).mean((0, 1))  # (T, T) over layers, heads
-        rows = att[prompt_len - 1: max(prompt_len, embeds.shape[1] - 1)]  # positions that predicted the answer
-        per_soft = rows[:, spliced.soft_mask[0].nonzero().squeeze(-1)].mean(0)  # (N * k,)
-        per_chunk = per_soft.view(len(res.chunks), -1).sum(-1)
+            mass = answer_attention(base, embeds, rows)[:prompt_len].cpu()  # (T_prompt,)
+
+        per_chunk = torch.zeros(0)
+        if res.chunks:
+            per_soft = mass[spliced.soft_mask[0].cpu()]  # (N * k,) in chunk order
+            per_chunk = per_soft.view(len(res.chunks), -1).sum(-1)
+        suffix_start = prompt_len - len(prepared.pieces[-1].ids)
+        raw_mass = [float(mass[suffix_start + a: suffix_start + b].sum()) for a, b in self._raw_token_spans(prepared)]
+        total = max(float(per_chunk.sum()) + sum(raw_mass), 1e-12)
+        res.citations = sorted([Citation("soft", float(m) / total, c) for m, c in zip(per_chunk, res.chunks)]
+                               + [Citation("raw", m / total, src, i) for i, (m, src) in enumerate(zip(raw_mass, prepared.raw_sources))],
+                               key=lambda c: -c.score)
+        if not res.chunks:
+            return []
         return (per_chunk / per_chunk.sum().clamp(min=1e-12)).tolist()
+
+    def _raw_token_spans(self, prepared: _Prepared) -> list[tuple[int, int]]:
+        """[start, end) token indices of each raw passage within the prompt's suffix tokens."""
+        if not prepared.raw_passages:
+            return []
+        _, suffix = self.layout.render(prepared.question, prepared.raw_passages)
+        enc = self.decoder_tokenizer(suffix, add_special_tokens=False, return_offsets_mapping=True)
+        if enc["input_ids"] != list(prepared.pieces[-1].ids):
+            raise RuntimeError("the prompt suffix re-tokenizes differently; raw passages cannot be located")
+        offsets, spans = enc["offset_mapping"], []
+        cursor = suffix.index(self.config.prompt.raw_passages_header) + len(self.config.prompt.raw_passages_header)
+        for passage in prepared.raw_passages:
+            start = suffix.index(passage.strip(), cursor)
+            cursor = start + len(passage.strip())
+            tokens = [t for t, (a, b) in enumerate(offsets) if a < cursor and b > start]  # overlap the passage
+            spans.append((tokens[0], tokens[-1] + 1) if tokens else (0, 0))
+        return spans
