@@ -1,0 +1,114 @@
+"""Model matrix: tiny random models of several decoder and encoder families, built from configs
+(no downloads), each through encode -> generate -> one training step -> save -> load -> the
+same greedy answer; citations checked against full attention on every decoder family."""
+import pytest
+import torch
+
+from e2llm import E2LLM, ConfigError
+from e2llm.citations import answer_attention
+from e2llm.testing import build_tiny_decoder, build_tiny_encoder, tiny_config
+
+DOC = ("The red fox lives in the northern forest. It hunts at night.\n" * 6) + "The blue whale sings in the deep sea. " * 6
+Q = "Where does the fox live?"
+
+# decoder family, encoder family, encoder pooling written in its sentence-transformers folder,
+# LoRA targets (None: the architecture's default), adapter kind
+CASES = [
+    ("llama", "bert", "cls", None, None, "mlp"),  # BGE-style: CLS-pooled
+    ("qwen2", "roberta", "mean", None, None, "pma"),
+    ("mistral", "mpnet", None, ["q", "v"], None, "pma"),  # peft has no MPNet default
+    ("gemma2", "xlm-roberta", None, None, None, "mlp"),  # soft-capping, sliding window, eager attention
+    ("phi3", "bert", None, None, ["qkv_proj", "o_proj"], "pma"),  # fused qkv: peft has no default
+]
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root, built = tmp_path_factory.mktemp("families"), {}
+
+    def get(kind, family, pooling=None):
+        key = (kind, family, pooling)
+        if key not in built:
+            where = root / f"{kind}-{family}-{pooling}"
+            built[key] = build_tiny_encoder(where, family, pooling=pooling) if kind == "enc" else build_tiny_decoder(where, family)
+        return built[key]
+
+    return get
+
+
+def _lora(targets):
+    return {"r": 4, "alpha": 8, "target_modules": targets or []}
+
+
+def _full_attention_rows(base, embeds, rows):
+    previous = base.config._attn_implementation
+    base.set_attn_implementation("eager")
+    try:
+        attentions = base(inputs_embeds=embeds, output_attentions=True).attentions
+    finally:
+        base.set_attn_implementation(previous)
+    return torch.stack([a[0].float() for a in attentions])[:, :, rows].sum((0, 1, 2))
+
+
+def _train_one_step(engine):
+    from e2llm.train.data import Sample
+    from e2llm.train.trainer import ObjectiveLoss, set_trainable
+
+    groups = set_trainable(engine, "all")
+    opt = torch.optim.AdamW([p for g in groups for p in g["params"]], lr=1e-2)
+    ce, n = ObjectiveLoss(engine)([Sample("reason", DOC, Q, "In the northern forest.")])
+    loss = ce.sum() / n.sum()
+    assert torch.isfinite(loss)
+    loss.backward()
+    opt.step()
+    engine.eval()
+    engine.cache.clear()  # soft prompts cached before the step are stale
+
+
+@pytest.mark.parametrize("dec, enc, pooling, enc_targets, dec_targets, adapter", CASES, ids=[f"{c[0]}+{c[1]}" for c in CASES])
+def test_family_round_trip(folders, tmp_path, dec, enc, pooling, enc_targets, dec_targets, adapter):
+    torch.manual_seed(0)
+    cfg = tiny_config(folders("enc", enc, pooling), folders("dec", dec),
+                      encoder={"lora": _lora(enc_targets), "pooling": None}, decoder={"lora": _lora(dec_targets)},
+                      adapter={"kind": adapter, "tokens_per_chunk": 1, "num_heads": 4, "mlp_hidden_size": 32}, raw_top_n=1)
+    engine = E2LLM.build(cfg)
+    assert engine.config.encoder.pooling == (pooling or "mean")
+    assert engine.config.encoder.lora.target_modules and engine.config.decoder.lora.target_modules  # resolved, recorded
+    sp = engine.encode(DOC)
+    assert sp.vectors.shape == (sp.num_chunks, 1, engine.config.decoder.hidden_size) and torch.isfinite(sp.vectors).all()
+    assert engine.generate(Q, sp, return_result=True).new_tokens > 0
+
+    before = {k: v.clone() for k, v in engine.trained_state_dict().items()}
+    _train_one_step(engine)
+    after = engine.trained_state_dict()
+    assert all(not torch.equal(before[k], after[k]) for k in after if ".lora_B." in k or k.startswith("adapter."))
+
+    answer = engine.generate(Q, DOC, return_result=True)
+    engine.save_pretrained(tmp_path / "ck")
+    loaded = E2LLM.from_pretrained(tmp_path / "ck")
+    again = loaded.generate(Q, DOC, return_result=True)
+    assert again.text == answer.text and again.new_tokens == answer.new_tokens > 0
+
+    # citations: the answer rows only, equal to every layer's full attention matrix
+    base = loaded._decoder_base
+    embeds = torch.randn(1, 80, loaded.config.decoder.hidden_size) * loaded.config.adapter.output_rms
+    rows = slice(60, 79)  # beyond the sliding window of 48 where a family has one
+    torch.testing.assert_close(answer_attention(base, embeds, rows), _full_attention_rows(base, embeds, rows), rtol=1e-4, atol=1e-4)
+    cited = loaded.generate(Q, DOC, return_citations=True, return_result=True)
+    assert abs(sum(c.score for c in cited.citations) - 1) < 1e-4 and any(c.kind == "raw" for c in cited.citations)
+
+
+@pytest.mark.parametrize("part, kind, family, names", [("encoder", "enc", "mpnet", "dense, k, o, q, v"), ("decoder", "dec", "phi3", "qkv_proj")])
+def test_no_peft_default_lists_linear_layers(folders, part, kind, family, names):
+    paths = {"enc": folders("enc", "bert"), "dec": folders("dec", "llama"), kind: folders(kind, family)}
+    cfg = tiny_config(paths["enc"], paths["dec"], **{part: {"lora": _lora(None)}})
+    with pytest.raises(ConfigError, match=rf"{part}.lora.target_modules is empty and peft has no default for '{family}'.*{names}") as e:
+        E2LLM.build(cfg)
+    assert "\n" not in str(e.value)
+
+
+def test_unknown_lora_target_names_the_choices(folders):
+    cfg = tiny_config(folders("enc", "bert"), folders("dec", "llama"), decoder={"lora": _lora(["query"])})
+    with pytest.raises(ConfigError, match=r"decoder.lora.target_modules: 'query' matches no layer of this llama model; "
+                                          r"its linear layers are: .*q_proj"):
+        E2LLM.build(cfg)
