@@ -148,7 +148,10 @@ class E2LLM(GenerationMixin, nn.Module):
             if not getattr(base, "supports_gradient_checkpointing", False):
                 raise E2LLMError(f"the {part} ({type(base).__name__}) does not support gradient checkpointing; train without it")
             # non-reentrant: works with frozen backbones whose inputs need no grad (LoRA, inputs_embeds)
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.2x; the old name is deprecated
+                base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             done.append(part)
         return done
 

@@ -1,0 +1,154 @@
+"""Device and precision options, backbone settings (pooling, attention kernel, LoRA targets,
+gradient checkpointing) and their one-line errors."""
+import warnings
+
+import pytest
+import torch
+
+from e2llm import E2LLM, ConfigError
+from e2llm.adapter import mean_pool, pool
+from e2llm.devices import resolve_device, resolve_dtype
+from e2llm.errors import DeviceError
+from e2llm.testing import tiny_config
+
+NO_CUDA = not torch.cuda.is_available()
+
+
+def test_device_names():
+    assert resolve_device(None) == torch.device("cpu") == resolve_device("cpu") == resolve_device(" CPU ")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu")
+    for bad in ("gpu", "cuda:x", "xla"):
+        with pytest.raises(DeviceError, match=f"'{bad}'"):
+            resolve_device(bad)
+
+
+@pytest.mark.skipif(not NO_CUDA, reason="checks the message on a machine without CUDA")
+@pytest.mark.parametrize("name", ["cuda", "cuda:1"])
+def test_missing_cuda_is_one_line_naming_the_fix(name):
+    with pytest.raises(DeviceError, match=rf"device '{name}' is not available: .*; use --device cpu") as e:
+        resolve_device(name)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.skipif(NO_CUDA, reason="needs CUDA")
+def test_cuda_index_beyond_the_devices():
+    n = torch.cuda.device_count()
+    with pytest.raises(DeviceError, match=rf"cuda:{n}' does not exist: this machine has {n} CUDA device"):
+        resolve_device(f"cuda:{n}")
+
+
+def test_dtypes():
+    cpu = torch.device("cpu")
+    assert [resolve_dtype(d, cpu) for d in ("float32", "bfloat16", "float16")] == [torch.float32, torch.bfloat16, torch.float16]
+    assert resolve_dtype(torch.bfloat16, cpu) == torch.bfloat16
+    with pytest.raises(DeviceError, match="unknown dtype 'float64'; use one of float32, bfloat16, float16"):
+        resolve_dtype("float64", cpu)
+
+
+def test_build_refuses_a_missing_device_before_loading(tiny_backbones, monkeypatch):
+    from e2llm import backbones
+
+    monkeypatch.setattr(backbones, "load_backbone", lambda *a, **k: pytest.fail("loaded weights before checking the device"))
+    with pytest.raises(DeviceError):
+        E2LLM.build(tiny_config(*tiny_backbones), device="nowhere")
+    with pytest.raises(DeviceError, match="unknown dtype"):
+        E2LLM.build(tiny_config(*tiny_backbones), dtype="int8")
+
+
+def test_cli_bad_device_and_dtype_exit_2_in_one_line(tiny_backbones, tmp_path, capsys):
+    from e2llm.cli import main
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        E2LLM.build(tiny_config(*tiny_backbones)).save_pretrained(tmp_path / "ck")
+    bad = "cuda:7" if NO_CUDA else "tpu"
+    capsys.readouterr()
+    assert main(["info", "--checkpoint", str(tmp_path / "ck"), "--device", bad]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("e2llm: error: ") and bad in err and "\n" not in err
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_on_cpu_generates(make_tiny_engine, tiny_backbones, dtype):
+    engine = E2LLM.build(tiny_config(*tiny_backbones), dtype=dtype, device="cpu")
+    assert engine.decoder.get_input_embeddings().weight.dtype == getattr(torch, dtype)
+    assert engine.generate("Where does the fox live?", "The fox lives in the forest. " * 10, return_result=True).new_tokens > 0
+
+
+def test_pool_modes():
+    states = torch.tensor([[[1.0, 0], [3, 2], [5, 9]], [[2, 2], [4, 6], [0, 0]]])  # (2, 3, 2)
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    torch.testing.assert_close(pool(states, mask, "mean"), mean_pool(states, mask))
+    torch.testing.assert_close(pool(states, mask, "mean"), torch.tensor([[3.0, 11 / 3], [3, 4]]))
+    torch.testing.assert_close(pool(states, mask, "cls"), torch.tensor([[1.0, 0], [2, 2]]))
+    torch.testing.assert_close(pool(states, mask, "max"), torch.tensor([[5.0, 9], [4, 6]]))
+    torch.testing.assert_close(pool(states, mask, "last"), torch.tensor([[5.0, 9], [4, 6]]))
+    left = torch.tensor([[0, 1, 1]])  # left padding: the last real token is still the last one
+    torch.testing.assert_close(pool(states[:1], left, "last"), torch.tensor([[5.0, 9]]))
+    with pytest.raises(ValueError, match="unknown pooling"):
+        pool(states, mask, "median")
+
+
+def test_pooling_comes_from_the_folder_and_can_be_overridden(tmp_path, tiny_backbones):
+    from e2llm.testing import build_tiny_encoder
+
+    bge = build_tiny_encoder(tmp_path / "bge", "bert", pooling="cls")
+    assert E2LLM.build(tiny_config(bge, tiny_backbones[1], encoder={"pooling": None})).config.encoder.pooling == "cls"
+    assert E2LLM.build(tiny_config(bge, tiny_backbones[1], encoder={"pooling": "mean"})).config.encoder.pooling == "mean"
+    assert E2LLM.build(tiny_config(*tiny_backbones, encoder={"pooling": None})).config.encoder.pooling == "mean"  # no ST config
+
+
+def test_default_lora_targets_are_recorded(tiny_backbones):
+    lora = {"r": 4, "alpha": 8, "target_modules": []}
+    engine = E2LLM.build(tiny_config(*tiny_backbones, encoder={"lora": lora}, decoder={"lora": dict(lora)}))
+    assert sorted(engine.config.encoder.lora.target_modules) == ["key", "query", "value"]  # peft's, plus the key
+    assert sorted(engine.config.decoder.lora.target_modules) == ["k_proj", "o_proj", "q_proj", "v_proj"]
+    assert any("lora_A" in n and ".k_proj." in n for n, _ in engine.decoder.named_parameters())
+
+
+def test_attn_implementation_setting(tiny_backbones):
+    engine = E2LLM.build(tiny_config(*tiny_backbones, encoder={"attn_implementation": "eager"}, decoder={"attn_implementation": "eager"}))
+    assert engine._decoder_base.config._attn_implementation == "eager"
+    assert engine.encoder.get_base_model().config._attn_implementation == "eager"
+    with pytest.raises(DeviceError, match="decoder.attn_implementation is flash_attention_2 but flash-attn is not installed|runs on CUDA only"):
+        E2LLM.build(tiny_config(*tiny_backbones, decoder={"attn_implementation": "flash_attention_2"}))
+    from e2llm.config import E2LLMConfig, validate_config
+
+    with pytest.raises(ConfigError, match="decoder.attn_implementation: Input should be 'sdpa', 'eager' or 'flash_attention_2'"):
+        validate_config(E2LLMConfig, {"decoder": {"attn_implementation": "fastest"}}, "config")
+
+
+def test_untrained_adapter_warns_once(tiny_backbones, monkeypatch):
+    from e2llm import model as model_module
+
+    monkeypatch.setattr(model_module, "_UNTRAINED_WARNED", False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        E2LLM.build(tiny_config(*tiny_backbones))
+        E2LLM.build(tiny_config(*tiny_backbones))
+    assert len([w for w in caught if "untrained" in str(w.message)]) == 1
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_backbones):
+    from e2llm.train.data import Sample
+    from e2llm.train.trainer import ObjectiveLoss, set_trainable
+
+    sample = Sample("reason", "The red fox lives in the northern forest. " * 8, "Where does the fox live?", "In the forest.")
+    grads, mlp_calls = [], []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        engine = E2LLM.build(tiny_config(*tiny_backbones))
+        if checkpointing:
+            assert engine.enable_gradient_checkpointing() == ["encoder", "decoder"]
+        set_trainable(engine, "all")
+        engine.train()  # checkpointing recomputes only in training mode
+        calls = []
+        engine._decoder_base.model.layers[0].mlp.register_forward_hook(lambda *a: calls.append(1))
+        ce, n = ObjectiveLoss(engine)([sample])
+        (ce.sum() / n.sum()).backward()
+        mlp_calls.append(len(calls))
+        grads.append({k: p.grad.clone() for k, p in engine.named_parameters() if p.grad is not None})
+    assert mlp_calls == [1, 2]  # the checkpointed layer ran again in the backward pass
+    assert grads[0].keys() == grads[1].keys() and any(".lora_" in k for k in grads[0])
+    for k in grads[0]:
+        torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-4, atol=1e-6)
