@@ -134,7 +134,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_backbones):
     from e2llm.train.trainer import ObjectiveLoss, set_trainable
 
     sample = Sample("reason", "The red fox lives in the northern forest. " * 8, "Where does the fox live?", "In the forest.")
-    grads, mlp_calls = [], []
+    grads, attn_calls = [], []
     for checkpointing in (False, True):
         torch.manual_seed(0)
         engine = E2LLM.build(tiny_config(*tiny_backbones))
@@ -143,12 +143,12 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_backbones):
         set_trainable(engine, "all")
         engine.train()  # checkpointing recomputes only in training mode
         calls = []
-        engine._decoder_base.model.layers[0].mlp.register_forward_hook(lambda *a: calls.append(1))
+        engine._decoder_base.model.layers[0].self_attn.register_forward_hook(lambda *a: calls.append(1))
         ce, n = ObjectiveLoss(engine)([sample])
         (ce.sum() / n.sum()).backward()
-        mlp_calls.append(len(calls))
+        attn_calls.append(len(calls))
         grads.append({k: p.grad.clone() for k, p in engine.named_parameters() if p.grad is not None})
-    assert mlp_calls == [1, 2]  # the checkpointed layer ran again in the backward pass
+    assert attn_calls == [1, 2]  # the checkpointed layer ran again in the backward pass (torch stops the replay early, before the MLP hook fires)
     assert grads[0].keys() == grads[1].keys() and any(".lora_" in k for k in grads[0])
     for k in grads[0]:
         torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-4, atol=1e-6)
