@@ -2,8 +2,8 @@
 from .chunking import Chunk, chunk_spans, chunk_text, chunk_texts
 from .config import (AdapterConfig, ChunkingConfig, DecoderConfig, E2LLMConfig, EncoderConfig, LoraSettings,
                      PromptConfig)
-from .errors import (CheckpointError, ConfigError, ContextTooLongError, E2LLMError, InputError, ModelNotFoundError,
-                     TrainingError)
+from .errors import (CheckpointError, ConfigError, ContextTooLongError, DeviceError, E2LLMError, InputError,
+                     ModelNotFoundError, TrainingError)
 from .generation import Citation, GenerationResult, TextStream
 from .model import E2LLM
 from .softprompts import SoftPrompts
@@ -13,6 +13,6 @@ __version__ = "0.1.0"
 __all__ = [
     "E2LLM", "E2LLMConfig", "EncoderConfig", "DecoderConfig", "AdapterConfig", "ChunkingConfig", "PromptConfig",
     "LoraSettings", "SoftPrompts", "GenerationResult", "Citation", "TextStream", "Chunk", "chunk_spans", "chunk_text", "chunk_texts",
-    "E2LLMError", "ConfigError", "InputError", "ContextTooLongError", "CheckpointError", "ModelNotFoundError",
+    "E2LLMError", "ConfigError", "DeviceError", "InputError", "ContextTooLongError", "CheckpointError", "ModelNotFoundError",
     "TrainingError",
 ]
