@@ -1,5 +1,5 @@
 """Combine the parts of two checkpoints: the decoder LoRA of one, the adapter and encoder LoRA
-of the other (the README's "v1 decoder + frozen-decoder adapter" ablations start from this).
+of the other (the research log's (docs/research-log.md) "v1 decoder + frozen-decoder adapter" ablations start from this).
 
     python scripts/research/merge_checkpoints.py DECODER_LORA_FROM ADAPTER_FROM OUT [--tokens-per-chunk K]
 

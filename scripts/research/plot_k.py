@@ -1,4 +1,4 @@
-"""Accuracy against k (soft tokens per chunk), per question kind: the README's k ablation.
+"""Accuracy against k (soft tokens per chunk), per question kind: the research log's (docs/research-log.md) k ablation.
 
     python scripts/research/plot_k.py OUT.png RUN [RUN ...] [--reference RUN]
 

@@ -1,6 +1,6 @@
-"""docs/recipes.png: the README's recipe ablations, soft-prompt gain vs 12K hybrid QA.
+"""docs/recipes.png: the research log's (docs/research-log.md) recipe ablations, soft-prompt gain vs 12K hybrid QA.
 
-The numbers are the README table's (each row measured with `e2llm validate` and the 12K
+The numbers are the research log table's (each row measured with `e2llm validate` and the 12K
 `e2llm eval` command given there); add a row here when the table gets one.
 """
 import matplotlib

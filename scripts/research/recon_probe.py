@@ -4,7 +4,7 @@
 
 Trains a fresh engine for STEPS steps on the built-in corpus (reconstruction only, 8 windows
 per step) into build/probes/NAME and prints the held-out reconstruction loss with and without
-the soft prompts: their difference is what the soft prompts carry. The README's ablation
+the soft prompts: their difference is what the soft prompts carry. The research log's (docs/research-log.md) ablation
 probes are, e.g.: recon_probe.py frozen 1 64 40 '{"trainable": "adapter+encoder_lora"}'.
 """
 import json
