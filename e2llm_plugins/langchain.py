@@ -3,16 +3,20 @@
 
 The long context reaches the model as ``documents=[Document, ...]`` or ``context=...`` call
 arguments (``llm.invoke(q, documents=docs)``, ``llm.bind(documents=docs)``), as ``text-plain``
-content blocks in chat messages, or (``E2LLM``) inside the prompt: the text before the last
-``context_separator`` is the document. Each Document is its own chunk group. Models are built
-from ``checkpoint=`` (loaded on first use, once, shared) or ``engine=``; constructors load nothing.
+content blocks in chat messages, or (``E2LLM``, only when ``context_separator`` is set) inside
+the prompt: the text before the last separator is the document. By default the whole prompt is
+the question. Each Document is its own chunk group. Models are built from ``checkpoint=`` (a
+folder, a Path or "default"; loaded on first use, once per checkpoint, device and dtype, and
+shared) or ``engine=``; constructors load nothing.
 """
 from __future__ import annotations
 
-from typing import Any, AsyncIterator, Callable, Iterator, Literal, Optional
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable, Iterator, Literal, Optional, Union
 
-from . import (LANGCHAIN_PIP, BatchWhileBusy, athread_iter, check_source, fold_messages, generation_kwargs, get_engine,
-               known_params, make_request, result_metadata, source_name, split_prompt, usage, usage_metadata)
+from ._common import (LANGCHAIN_PIP, BatchWhileBusy, athread_iter, check_source, checkpoint_name, fold_messages,
+                      generation_kwargs, get_engine, known_params, make_request, result_metadata, source_name, split_prompt,
+                      usage, usage_metadata)
 
 try:
     from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -25,7 +29,7 @@ try:
     from langchain_core.prompts import BasePromptTemplate, PromptTemplate
     from langchain_core.runnables import Runnable, RunnableLambda
     from langchain_core.runnables.config import run_in_executor
-    from pydantic import BaseModel, Field, PrivateAttr, model_validator
+    from pydantic import BaseModel, Field, PrivateAttr, field_validator, model_validator
 except ImportError as e:  # pragma: no cover - exercised with the framework uninstalled
     raise ImportError(f"e2llm's LangChain plugin needs langchain-core: {LANGCHAIN_PIP}") from e
 
@@ -36,19 +40,23 @@ _IGNORED_CALL = {"model", "stream"}  # set by LangChain itself for tracing / str
 class _E2LLMParams(BaseModel):
     """Settings shared by the LLM and the chat model.
 
-    checkpoint: a folder or "default", loaded on first use (neither this nor engine: "default");
-    engine: a ready e2llm.E2LLM. max_tokens: new tokens at most (None: the engine's default);
-    temperature 0 = greedy. raw_top_n: hybrid reading, also the raw text of the top n documents
-    (by metadata["score"], else retrieval order), or of the n chunks of a plain-text context most
-    similar to the question (0 = pure E2LLM, None = engine config). overflow: documents beyond the
-    window raise ("error") or keep the chunks most similar to the question ("truncate").
+    checkpoint: a folder (str or Path) or "default", loaded on first use (neither this nor
+    engine: "default"); device ("cpu", "cuda", "cuda:1", "auto") and dtype ("float32",
+    "bfloat16", "float16") say how to load it (None: E2LLM.from_pretrained's defaults); engine:
+    a ready e2llm.E2LLM. max_tokens: new tokens at most (None: the checkpoint's
+    prompt.max_new_tokens); temperature 0 = greedy. raw_top_n: hybrid reading, also the raw
+    text of the n chunks most similar to the question, across all documents (0 = compressed
+    only, None = the checkpoint's raw_top_n). overflow: documents beyond the window raise
+    ("error") or keep the chunks most similar to the question ("truncate").
     return_citations: score each document by the answer's attention (one more forward pass) in
     the metadata "citations", and set Document.metadata["citation_score"] on the Documents given.
     """
 
     checkpoint: Optional[str] = None
+    device: Optional[str] = None
+    dtype: Optional[str] = None
     engine: Optional[Any] = Field(default=None, exclude=True, repr=False)
-    max_tokens: Optional[int] = None
+    max_tokens: Optional[int] = Field(default=None, ge=1)
     temperature: float = 0.0
     top_p: float = 1.0
     stop: Optional[list[str]] = None
@@ -63,9 +71,14 @@ class _E2LLMParams(BaseModel):
     def _known_params(cls, values: Any) -> Any:
         return known_params(cls.__name__, values, cls.model_fields, _E2LLMParams.model_fields)
 
+    @field_validator("checkpoint", mode="before")
+    @classmethod
+    def _path_to_str(cls, value: Union[str, Path, None]) -> Optional[str]:
+        return checkpoint_name(value)
+
     @model_validator(mode="after")
     def _one_source(self) -> "_E2LLMParams":
-        check_source(self.engine, self.checkpoint, type(self).__name__)
+        check_source(self.engine, self.checkpoint, type(self).__name__, self.device, self.dtype)
         return self
 
     @property
@@ -73,7 +86,7 @@ class _E2LLMParams(BaseModel):
         return source_name(self.engine, self.checkpoint)
 
     def _engine(self):
-        return get_engine(self.engine, self.checkpoint)
+        return get_engine(self.engine, self.checkpoint, self.device, self.dtype)
 
     def _options(self, stop: Optional[list[str]], kwargs: dict) -> dict:
         bad = set(kwargs) - _CALL_KWARGS - _IGNORED_CALL
@@ -83,30 +96,30 @@ class _E2LLMParams(BaseModel):
             raise ValueError("pass documents= or context=, not both")
         get = lambda k: kwargs[k] if kwargs.get(k) is not None else getattr(self, k)  # noqa: E731
         gen = generation_kwargs(max_new_tokens=get("max_tokens"), temperature=get("temperature"), top_p=get("top_p"),
-                                stop=[*(self.stop or []), *(stop or [])], overflow=get("overflow"))
+                                stop=[*(self.stop or []), *(stop or [])], overflow=get("overflow"), limit_name="max_tokens")
         return {"gen": gen, "documents": kwargs.get("documents"), "context": kwargs.get("context"),
                 "raw_top_n": get("raw_top_n"), "citations": bool(get("return_citations"))}
 
-    def _request(self, engine, question: str, opts: dict, documents: Any = None, separator: Optional[str] = None):
-        """(Request, the Documents given); without documents or context, the prompt may hold the context."""
+    def _request(self, question: str, opts: dict, documents: Any = None, separator: Optional[str] = None):
+        """(Request, the Documents given), checked before any model loads; without documents or
+        context, the prompt holds the context only when a separator is set."""
         raw_top_n, context = opts["raw_top_n"], opts["context"]
         if documents is not None:
             docs = [documents] if isinstance(documents, (str, Document)) else list(documents)
-            texts = [d.page_content if isinstance(d, Document) else str(d) for d in docs]
-            scores = [d.metadata.get("score") if isinstance(d, Document) else None for d in docs]
-            return make_request(engine, question, texts=texts, scores=scores, raw_top_n=raw_top_n), docs
+            texts = [d.page_content if isinstance(d, Document) else d for d in docs]
+            return make_request(question, texts=texts, raw_top_n=raw_top_n), docs
         if context is None:
             question, context = split_prompt(question, separator)
-        return make_request(engine, question, context=context, raw_top_n=raw_top_n), []
+        return make_request(question, context=context, raw_top_n=raw_top_n), []
 
     def _run(self, requests: list, opts: dict) -> list:
         """One padded batch through the engine, shared with concurrent calls that have the same
         options -> [(GenerationResult, metadata)]; citations onto the Documents."""
         reqs, engine = [r for r, _ in requests], self._engine()
-        key = (repr(sorted(opts["gen"].items())), opts["citations"], reqs[0].engine_raw_top_n)
+        key = (repr(sorted(opts["gen"].items())), opts["citations"], reqs[0].raw_top_n)
         results = self._batcher.run(key, reqs, lambda group: engine.generate_batch(
-            [r.question for r in group], [r.context for r in group], raw_texts=[r.raw_texts for r in group],
-            raw_top_n=group[0].engine_raw_top_n, return_citations=opts["citations"], return_result=True, **opts["gen"]))
+            [r.question for r in group], [r.context for r in group], raw_top_n=group[0].raw_top_n,
+            return_citations=opts["citations"], return_result=True, **opts["gen"]))
         out = []
         for (req, docs), res in zip(requests, results):
             meta = result_metadata(res, self.model_name, req.num_documents)
@@ -118,7 +131,7 @@ class _E2LLMParams(BaseModel):
 
     def _pieces(self, req, opts: dict, run_manager, make: Callable[[str, Optional[dict]], Any]) -> Iterator:
         """A chunk per text piece (langchain-core >= 1 reports chat chunks itself), then an empty one with the metadata."""
-        stream = self._engine().stream(req.question, req.context, raw_texts=req.raw_texts, raw_top_n=req.engine_raw_top_n,
+        stream = self._engine().stream(req.question, req.context, raw_top_n=req.raw_top_n,
                                        return_citations=opts["citations"], **opts["gen"])
         for piece in stream:
             chunk = make(piece, None)
@@ -143,7 +156,8 @@ class _E2LLMParams(BaseModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        return {"model_name": self.model_name, "checkpoint": self.checkpoint, "max_tokens": self.max_tokens, "top_p": self.top_p,
+        return {"model_name": self.model_name, "checkpoint": self.checkpoint, "device": self.device, "dtype": self.dtype,
+                "max_tokens": self.max_tokens, "top_p": self.top_p,
                 "temperature": self.temperature, "raw_top_n": self.raw_top_n, "overflow": self.overflow,
                 "context_separator": getattr(self, "context_separator", None)}
 
@@ -152,12 +166,12 @@ _Run, _ARun, _Stop = Optional[CallbackManagerForLLMRun], Optional[AsyncCallbackM
 
 
 class E2LLM(_E2LLMParams, LLM):
-    """An LLM over e2llm: ``llm.invoke("What does it say?", documents=docs)``, or the context in
-    the prompt before its last ``context_separator`` (None: the whole prompt is the question,
-    read as ordinary tokens). ``batch()`` runs as one padded forward pass; ``batch(prompts,
-    documents=[docs_1, docs_2, ...])`` gives each prompt its own documents."""
+    """An LLM over e2llm: ``llm.invoke("What does it say?", documents=docs)``. The whole prompt
+    is the question (read as ordinary tokens) unless ``context_separator`` is set: then the text
+    before its last occurrence is the document. ``batch()`` runs as one padded forward pass;
+    ``batch(prompts, documents=[docs_1, docs_2, ...])`` gives each prompt its own documents."""
 
-    context_separator: Optional[str] = "\n\n"
+    context_separator: Optional[str] = None
 
     @property
     def _llm_type(self) -> str:
@@ -171,11 +185,11 @@ class E2LLM(_E2LLMParams, LLM):
             chunks = list(self._stream(prompts[0], stop, run_manager, **kwargs))
             chunk = sum(chunks[1:], chunks[0])
             return LLMResult(generations=[[Generation(text=chunk.text, generation_info=chunk.generation_info)]])
-        opts, engine = self._options(stop, kwargs), self._engine()
+        opts = self._options(stop, kwargs)
         docs = opts["documents"]
         per_prompt = (len(prompts) > 1 and isinstance(docs, (list, tuple)) and len(docs) == len(prompts)
                       and all(isinstance(d, (list, tuple)) for d in docs))
-        done = self._run([self._request(engine, p, opts, docs[i] if per_prompt else docs, self.context_separator)
+        done = self._run([self._request(p, opts, docs[i] if per_prompt else docs, self.context_separator)
                           for i, p in enumerate(prompts)], opts)
         total = {k: sum(usage(r)[k] for r, _ in done) for k in ("input_tokens", "output_tokens", "total_tokens", "soft_tokens")}
         return LLMResult(generations=[[Generation(text=r.text, generation_info=m)] for r, m in done],
@@ -192,7 +206,7 @@ class E2LLM(_E2LLMParams, LLM):
 
     def _stream(self, prompt: str, stop: _Stop = None, run_manager: _Run = None, **kwargs: Any) -> Iterator[GenerationChunk]:
         opts = self._options(stop, kwargs)
-        req, _ = self._request(self._engine(), prompt, opts, opts["documents"], self.context_separator)
+        req, _ = self._request(prompt, opts, opts["documents"], self.context_separator)
         yield from self._pieces(req, opts, run_manager, lambda text, meta: GenerationChunk(text=text, generation_info=meta))
 
 
@@ -216,7 +230,7 @@ class ChatE2LLM(_E2LLMParams, BaseChatModel):
             raise ValueError("documents came both in the messages and as context=; pass them one way")
         given = opts["documents"]
         documents = [*([] if given is None else [given] if isinstance(given, (str, Document)) else given), *docs]
-        return self._request(self._engine(), question, opts, documents if given is not None or docs else None), opts
+        return self._request(question, opts, documents if given is not None or docs else None), opts
 
     def _generate(self, messages: list[BaseMessage], stop: _Stop = None, run_manager: _Run = None, **kwargs: Any) -> ChatResult:
         request, opts = self._prepare(messages, stop, kwargs)

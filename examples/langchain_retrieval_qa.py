@@ -4,8 +4,10 @@ and the same chain with e2llm (retrieved passages read as compressed soft prompt
 Runs offline: the document is the Python language reference that ships with CPython
 (pydoc_data), the embeddings are the local all-MiniLM-L6-v2 (e2llm's default encoder, without
 its LoRA), the vector store is LangChain's InMemoryVectorStore, and both chains use e2llm's
-default decoder (SmolLM2-135M-Instruct). Until a trained default checkpoint is installed the
-e2llm answers are not meaningful; the point here is the plumbing, the timing and the token counts.
+default decoder (SmolLM2-135M-Instruct). The e2llm chain reads the shipped checkpoint's way:
+every passage compressed, plus the raw text of the 3 chunks (across all passages) most similar
+to the question. Its answers come from those raw chunks: the shipped soft prompts carry almost
+none of their chunk's content (docs/results.md).
 
     PYTHONPATH=core:. python examples/langchain_retrieval_qa.py [--k 6] [--question "..."]
 """
@@ -93,7 +95,7 @@ def main() -> None:
 
     # the stuff chain: the plain decoder reads the retrieved passages as ordinary tokens
     stuff_prompt = PromptTemplate.from_template("Answer from these passages of the Python reference.\n\n{context}\n\nQuestion: {input}")
-    plain = E2LLM(engine=engine, context_separator=None, max_tokens=args.max_tokens)
+    plain = E2LLM(engine=engine, max_tokens=args.max_tokens)  # no documents: the whole prompt is the question
     format_docs = RunnablePassthrough.assign(context=lambda x: "\n\n".join(d.page_content for d in x["context"]))
     stuff = retrieval_chain(retriever, format_docs | stuff_prompt | plain | StrOutputParser())
     # the same chain with e2llm: each retrieved passage compressed into its own soft prompts

@@ -7,8 +7,10 @@ CPython (pydoc_data), embedded with the local all-MiniLM-L6-v2 through the maint
 ``llama-index-embeddings-huggingface`` (pip install llama-index-embeddings-huggingface; without
 it, a small BaseEmbedding over the e2llm engine's own encoder is used instead). Both query
 engines answer with e2llm's default decoder (SmolLM2-135M-Instruct): the default synthesizer
-through E2LLMLLM, so Settings.llm is never needed. Until a trained default checkpoint is
-installed the e2llm answers are not meaningful; the point is the plumbing, timing and token counts.
+through E2LLMLLM, so Settings.llm is never needed. E2LLMSynthesizer reads the shipped
+checkpoint's way: every node compressed, plus the raw text of the 3 chunks (across all nodes)
+most similar to the question; its answers come from those raw chunks, since the shipped soft
+prompts carry almost none of their chunk's content (docs/results.md).
 
     PYTHONPATH=core:. python examples/llama_index_query_engine.py [--k 6] [--question "..."]
 """
@@ -90,10 +92,10 @@ def main() -> None:
             info = (response.metadata or {}).get("e2llm")
             read = f"decoder read {info['input_tokens']} tokens ({info['soft_tokens']} soft)" if info else "prompt stuffed with the nodes"
             print(f"  [{name:7}] {took:5.1f} s, {read}, {len(response.source_nodes)} source nodes: {str(response).strip()!r}")
-            if info:
-                top = response.source_nodes[0]
-                print(f"            most cited: topic {top.node.metadata['topic']!r} (citation {top.score:.2f}, "
-                      f"retrieval score {top.node.metadata['retrieval_score']:.2f})")
+            if info:  # NodeWithScore.score stays the retriever's; the answer's attention share is in the metadata
+                top = max(response.source_nodes, key=lambda n: n.node.metadata["citation_score"])
+                print(f"            most cited: topic {top.node.metadata['topic']!r} (citation "
+                      f"{top.node.metadata['citation_score']:.2f}, retrieval score {top.score:.2f})")
 
 
 if __name__ == "__main__":

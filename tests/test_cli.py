@@ -94,8 +94,37 @@ def test_document_too_long(tiny_checkpoint, tmp_path):
     doc.write_text("A sentence that goes on. " * 6000)
     proc = run("ask", "--checkpoint", tiny_checkpoint, "--context", doc, "-q", "Q?")
     assert_one_line_error(proc, "fits")
-    ok = run("ask", "--checkpoint", tiny_checkpoint, "--context", doc, "-q", "Q?", "--truncate", "-v")
+    ok = run("ask", "--checkpoint", tiny_checkpoint, "--context", doc, "-q", "Q?", "--overflow", "truncate", "-v")
     assert ok.returncode == 0 and "chunks dropped" in ok.stderr.decode()
+
+
+@pytest.mark.parametrize("content, extra, needle", [
+    (b"", [], "empty or whitespace only"),
+    (b"  \n\t ", [], "empty or whitespace only"),
+    (b"Some text.", ["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
+    (b"Some text.", ["--raw-top-n", "-1"], "--raw-top-n must be >= 0"),
+])
+def test_bad_input_is_rejected_before_any_model_loads(tmp_path, monkeypatch, content, extra, needle):
+    import e2llm.cli_common
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the input was checked")
+
+    monkeypatch.setattr(e2llm.cli_common, "load_engine", no_loading)
+    monkeypatch.setattr("e2llm.cli.load_from_args", no_loading)
+    doc = tmp_path / "doc.txt"
+    doc.write_bytes(content)
+    assert_one_line_error(run("ask", "--checkpoint", tmp_path / "no-such-checkpoint", "--context", doc, "-q", "Q?", *extra), needle)
+    assert_one_line_error(run("ask", "-q", "Q?", *extra, stdin=content), needle)  # the document on standard input
+
+
+def test_overflow_takes_error_or_truncate(tmp_path, capsys):
+    from e2llm.cli import build_parser
+
+    assert build_parser().parse_args(["ask", "-q", "Q?", "--overflow", "truncate"]).overflow == "truncate"
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["ask", "-q", "Q?", "--overflow", "drop"])
+    assert e.value.code == 2 and "invalid choice: 'drop' (choose from 'error', 'truncate')" in capsys.readouterr().err
 
 
 def test_bad_checkpoints(tiny_checkpoint, tmp_path):

@@ -78,3 +78,18 @@ def test_shipped_training_configs_validate(path):
 
     cfg = TrainConfig.load(path)
     assert cfg.optim.max_steps > 0 and cfg.output_dir.startswith("runs/")
+
+
+def test_configs_folder_holds_the_shipped_recipe_and_the_gpu_recipe():
+    """configs/ shows the project: the four stages scripts/train_default.sh runs, named by what
+    each stage is, and the GPU recipe; every other recipe lives under configs/experiments/."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    script = (root / "scripts" / "train_default.sh").read_text()
+    stages = re.findall(r"^\$E train --config (configs/\S+\.yaml)", script, re.M)
+    assert stages == [f"configs/{name}" for name in ("stage1-frozen-decoder.yaml", "stage2-qa-only-decoder.yaml",
+                                                     "stage3-qa-only-decoder-more.yaml", "stage4-long-qa.yaml")]
+    assert all((root / s).is_file() for s in stages)
+    top = sorted(p.name for p in (root / "configs").glob("*.yaml"))
+    assert top == sorted([s.split("/")[-1] for s in stages] + [n for n in top if n.startswith("gpu-")])

@@ -410,7 +410,7 @@ def test_choice_answers_script_splits_right_other_and_off_list(tmp_path):
     (tmp_path / "items.jsonl").write_text("".join(
         json.dumps({"task": i.task, "length": i.length, "item_id": i.item_id, "system": "rag", "checkpoint": "k1",
                     "status": "ok", "prediction": p}) + "\n" for i, p in zip(items, answers)))
-    script = Path(__file__).resolve().parents[1] / "scripts" / "choice_answers.py"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "research" / "choice_answers.py"
     done = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "| aggregation | rag | k1 | 1/3 | 1/3 | 1/3 | – |" in done.stdout
@@ -458,7 +458,7 @@ def test_plot_k_script_pools_lengths_per_k(tmp_path):
         cell(16384, "e2llm", "k1", 0.1), cell(32768, "e2llm", "k1", 0.2),
         cell(16384, "e2llm", "k4", 0.3), cell(32768, "e2llm", "k4", 0.5)]}))
     (ref / "results.json").write_text(json.dumps({"cells": [cell(16384, "rag", "base", 0.4, n=20)]}))
-    script = Path(__file__).resolve().parents[1] / "scripts" / "plot_k.py"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "research" / "plot_k.py"
     png = tmp_path / "k.png"
     done = subprocess.run([sys.executable, str(script), str(png), str(run), "--reference", str(ref)],
                           capture_output=True, text=True, timeout=120)

@@ -164,6 +164,18 @@ def test_empty_context_is_refused(tiny_engine, bad):
         tiny_engine.generate("Q?", bad)
 
 
+def test_token_limit_and_batch_lists_are_one_line_errors(tiny_engine):
+    for bad in (0, -3):  # 0 used to mean "the default" silently
+        with pytest.raises(InputError, match=r"max_new_tokens must be a whole number >= 1.*pass None"):
+            tiny_engine.generate("Q?", DOC, max_new_tokens=bad)
+        with pytest.raises(InputError, match="max_new_tokens must be"):
+            tiny_engine.stream("Q?", DOC, max_new_tokens=bad)
+    with pytest.raises(InputError, match=r"one raw_texts list per question \(2 questions, 1 raw_texts lists\)"):
+        tiny_engine.generate_batch(["Q1?", "Q2?"], [DOC, DOC], raw_texts=[["a passage"]])  # used to drop Q2 silently
+    assert tiny_engine.generate("Q?", DOC, max_new_tokens=None) == tiny_engine.generate(
+        "Q?", DOC, max_new_tokens=tiny_engine.config.prompt.max_new_tokens)
+
+
 def test_empty_question_is_refused(tiny_engine):
     with pytest.raises(InputError, match="question is empty"):
         tiny_engine.generate("  ", DOC)

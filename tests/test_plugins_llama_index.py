@@ -59,6 +59,31 @@ def test_construction_loads_nothing(tmp_path, plugin_engine):
         E2LLMSynthesizer(checkpoint="default", engine=plugin_engine)
     with pytest.raises(Exception, match="no-such"):
         E2LLMSynthesizer(checkpoint=str(tmp_path / "no-such")).synthesize("q?", scored([1.0]))
+    assert E2LLMLLM(checkpoint=tmp_path / "no-such").checkpoint == str(tmp_path / "no-such")  # a Path is accepted
+    assert E2LLMSynthesizer(checkpoint=tmp_path / "no-such", device="cpu").llm.device == "cpu"
+    with pytest.raises(ValueError, match="an engine= is already loaded"):
+        E2LLMSynthesizer(engine=plugin_engine, dtype="bfloat16")
+
+
+def test_device_and_dtype_reach_from_pretrained(monkeypatch, tmp_path):
+    import e2llm
+    from e2llm_plugins import _common
+
+    loads = []
+
+    def load(cls, path, **kwargs):
+        loads.append((path, kwargs))
+        return object.__new__(cls)
+
+    monkeypatch.setattr(e2llm.E2LLM, "from_pretrained", classmethod(load))
+    try:
+        synth = E2LLMSynthesizer(checkpoint=tmp_path, device="cuda:1", dtype="float16")
+        assert synth._engine() is synth.llm._engine() is E2LLMLLM(checkpoint=str(tmp_path), device="cuda:1", dtype="float16")._engine()
+        assert E2LLMLLM(checkpoint=tmp_path)._engine() is not synth._engine()  # another device/dtype: another engine
+        assert loads == [(str(tmp_path), {"device": "cuda:1", "dtype": "float16"}), (str(tmp_path), {})]
+    finally:
+        for key in [k for k in _common._ENGINES if k[0] == str(tmp_path.resolve())]:
+            _common._ENGINES.pop(key)
 
 
 def test_query_engines_answer_from_every_node(plugin_engine, index, monkeypatch):
@@ -98,29 +123,33 @@ def test_streaming_matches_and_fills_metadata(plugin_engine, index):
     assert asyncio.run(consume()) == expected
 
 
-def test_citations_rescore_source_nodes(plugin_engine, index):
+def test_citations_go_into_metadata_and_scores_stay_the_retrievers(plugin_engine):
+    nodes = scored([0.9, 0.2, 0.5])  # in the retriever's order, which need not be by score
     synth = E2LLMSynthesizer(engine=plugin_engine, return_citations=True)
-    response = RetrieverQueryEngine(index.as_retriever(similarity_top_k=3), response_synthesizer=synth).query(QUESTIONS[2])
-    scores = [n.score for n in response.source_nodes]
-    assert scores == sorted(scores, reverse=True) and sum(scores) == pytest.approx(1.0, abs=1e-4)
-    assert all(n.node.metadata["retrieval_score"] == pytest.approx(1.0) for n in response.source_nodes)
-    assert "retrieval_score" not in response.source_nodes[0].node.get_content(metadata_mode="llm")
-    assert "retrieval_score" not in index.docstore.get_node("n0").metadata  # the stored node is untouched
-    assert {c["document_index"] for c in response.metadata["e2llm"]["citations"]} == {0, 1, 2}
-    # streamed: the same scores once the stream has ended
-    streamed = RetrieverQueryEngine(index.as_retriever(similarity_top_k=3), response_synthesizer=E2LLMSynthesizer(
-        engine=plugin_engine, return_citations=True, streaming=True)).query(QUESTIONS[2])
+    response = synth.synthesize(QUESTIONS[2], nodes)
+    assert [(n.node.node_id, n.score) for n in response.source_nodes] == [("s0", 0.9), ("s1", 0.2), ("s2", 0.5)]
+    cites = [n.node.metadata["citation_score"] for n in response.source_nodes]
+    assert sum(cites) == pytest.approx(1.0, abs=1e-4)
+    assert cites == [c["score"] for c in response.metadata["e2llm"]["citations"]]
+    assert "citation_score" not in response.source_nodes[0].node.get_content(metadata_mode="llm")
+    assert "citation_score" not in nodes[0].node.metadata  # the caller's node is untouched
+    # streamed: the same once the stream has ended
+    streamed = E2LLMSynthesizer(engine=plugin_engine, return_citations=True, streaming=True).synthesize(QUESTIONS[2], nodes)
     assert "".join(streamed.response_gen) == response.response
-    assert [n.score for n in streamed.source_nodes] == pytest.approx(scores, abs=1e-5)
-    assert [n.node.node_id for n in streamed.source_nodes] == [n.node.node_id for n in response.source_nodes]
+    assert [n.node.metadata["citation_score"] for n in streamed.source_nodes] == pytest.approx(cites, abs=1e-5)
+    assert [n.score for n in streamed.source_nodes] == [0.9, 0.2, 0.5]
 
 
-def test_hybrid_reads_top_nodes_raw(plugin_engine, monkeypatch):
+def test_hybrid_reads_the_top_chunks_across_nodes(plugin_engine, monkeypatch):
+    """The n chunks most similar to the question from any node, as the engine and the evaluation read."""
     spy = BatchSpy(plugin_engine, monkeypatch)
-    E2LLMSynthesizer(engine=plugin_engine, raw_top_n=1).synthesize("q?", scored([0.2, 0.7, 0.5]))
-    E2LLMSynthesizer(engine=plugin_engine, raw_top_n=2).get_response("q?", DOCS)  # no scores: retrieval order
-    E2LLMSynthesizer(engine=plugin_engine, raw_top_n=0).synthesize("q?", scored([0.2, 0.7, 0.5]))
-    assert [c["raw_texts"] for c in spy.calls] == [[[DOCS[1]]], [DOCS[:2]], [[]]]
+    answers = [E2LLMSynthesizer(engine=plugin_engine, raw_top_n=1).synthesize("q?", scored([0.2, 0.7, 0.5])).response,
+               E2LLMSynthesizer(engine=plugin_engine, raw_top_n=2).get_response("q?", DOCS),
+               E2LLMSynthesizer(engine=plugin_engine, raw_top_n=0).synthesize("q?", scored([0.2, 0.7, 0.5])).response]
+    assert [c["raw_top_n"] for c in spy.calls] == [1, 2, 0] and all(c["contexts"] == [DOCS] for c in spy.calls)
+    assert all(not any(c.get("raw_texts") or []) for c in spy.calls)  # no whole nodes pasted
+    monkeypatch.undo()
+    assert answers == [plugin_engine.generate("q?", DOCS, raw_top_n=n) for n in (1, 2, 0)]
 
 
 def test_bad_input(plugin_engine, small_window):
@@ -129,8 +158,15 @@ def test_bad_input(plugin_engine, small_window):
     assert "".join(E2LLMSynthesizer(engine=plugin_engine, streaming=True).synthesize("q?", []).response_gen) == "Empty Response"
     with pytest.raises(InputError, match="no documents"):
         synth.get_response("q?", [])
-    with pytest.raises(InputError, match="empty"):
+    with pytest.raises(InputError, match="document 1 of 2 is empty"):
         synth.get_response("q?", [DOCS[0], " "])
+    unloadable = E2LLMSynthesizer(checkpoint="/no-such-checkpoint")  # blank nodes fail before any load
+    with pytest.raises(InputError, match="empty or whitespace only"):
+        unloadable.synthesize("q?", [NodeWithScore(node=TextNode(text=" \n"), score=1.0)])
+    with pytest.raises(InputError, match="empty or whitespace only"):
+        E2LLMLLM(checkpoint="/no-such-checkpoint").complete("q?", context="  ")
+    with pytest.raises(InputError, match="max_new_tokens must be a whole number >= 1"):
+        E2LLMLLM(engine=plugin_engine).complete("q?", context=DOCS[0], max_new_tokens=0)
     long_nodes = [NodeWithScore(node=TextNode(text=DOCS[1] * 20), score=1.0)]
     with pytest.raises(ContextTooLongError, match="160 tokens"):
         synth.synthesize("q?", long_nodes)
@@ -183,6 +219,9 @@ def test_default_models_end_to_end():
     nodes = [TextNode(text="Paris is the capital of France. It lies on the Seine."), TextNode(text="Berlin is the capital of Germany.")]
     synth = E2LLMSynthesizer(checkpoint="default", max_new_tokens=8, return_citations=True)
     start = time.perf_counter()
-    response = synth.synthesize("What is the capital of France?", [NodeWithScore(node=n, score=0.5) for n in nodes])
-    assert isinstance(response.response, str) and len(response.source_nodes) == 2
+    response = synth.synthesize("What is the capital of France?", [NodeWithScore(node=n, score=s) for n, s in zip(nodes, (0.5, 0.4))])
+    # read from the raw chunks hybrid reading pastes (the checkpoint's raw_top_n: 3)
+    assert "Paris" in response.response, response.response
+    assert [n.score for n in response.source_nodes] == [0.5, 0.4]
+    assert sum(n.node.metadata["citation_score"] for n in response.source_nodes) == pytest.approx(1.0, abs=1e-4)
     assert response.metadata["e2llm"]["output_tokens"] <= 8 and time.perf_counter() - start < 300

@@ -352,11 +352,11 @@ def test_validate_reports_a_collapsed_adapter(make_tiny_engine):
 
 
 def test_adapter_anatomy_steps_rebuild_the_adapter_output(make_tiny_engine):
-    # scripts/adapter_anatomy.py catches PMAAdapter's steps with hooks; its last step must be
-    # the engine's soft prompts, or the README's table would describe another function
+    # scripts/research/adapter_anatomy.py catches PMAAdapter's steps with hooks; its last step must be
+    # the engine's soft prompts, or the research log's table would describe another function
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "adapter_anatomy.py"
+    path = Path(__file__).resolve().parents[1] / "scripts" / "research" / "adapter_anatomy.py"
     spec = importlib.util.spec_from_file_location("adapter_anatomy", path)
     anatomy = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(anatomy)
@@ -385,7 +385,7 @@ def test_merge_checkpoints_script_combines_parts_and_adds_queries(make_tiny_engi
                     p.fill_(value)
     a.save_pretrained(tmp_path / "a")
     b.save_pretrained(tmp_path / "b")
-    script = Path(__file__).resolve().parents[1] / "scripts" / "merge_checkpoints.py"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "research" / "merge_checkpoints.py"
     for k in (None, 3):
         out = tmp_path / f"merged-{k}"
         args = [sys.executable, str(script), str(tmp_path / "a"), str(tmp_path / "b"), str(out)] + (["--tokens-per-chunk", str(k)] if k else [])

@@ -15,18 +15,26 @@ EXIT_USAGE = 2
 
 
 def cmd_ask(args) -> int:
-    if args.context:
-        docs = [read_text_file(f) for f in args.context]
+    # every check that needs no model runs first: loading (on a first run, converting) takes a minute
+    names = args.context or []
+    if names:
+        docs = [read_text_file(f) for f in names]
     elif not sys.stdin.isatty():
-        docs = [read_text_file("-")]
+        names, docs = ["standard input"], [read_text_file("-")]
     else:
         raise InputError("no document: pass --context FILE (one or more) or pipe the text on standard input")
+    for name, doc in zip(names, docs):
+        if not doc.strip():
+            raise InputError(f"{name} is empty or whitespace only; pass a document with text in it")
     if not args.question.strip():
         raise InputError("the question is empty; pass --question \"...\"")
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise InputError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}; leave it out for the checkpoint's default")
+    if args.raw_top_n is not None and args.raw_top_n < 0:
+        raise InputError(f"--raw-top-n must be >= 0 (0: compressed only), got {args.raw_top_n}; leave it out for the checkpoint's")
     engine = load_from_args(args)
     context = docs[0] if len(docs) == 1 else docs
-    kwargs = dict(max_new_tokens=args.max_new_tokens, raw_top_n=args.raw_top_n,
-                  overflow="truncate" if args.truncate else "error")
+    kwargs = dict(max_new_tokens=args.max_new_tokens, raw_top_n=args.raw_top_n, overflow=args.overflow)
     if args.stream:
         stream = engine.stream(args.question, context, **kwargs)
         for piece in stream:
@@ -65,9 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     ask = sub.add_parser("ask", help="answer a question about a document")
     ask.add_argument("--context", nargs="+", metavar="FILE", help="text file(s); each is its own document (default: stdin)")
     ask.add_argument("--question", "-q", required=True)
-    ask.add_argument("--max-new-tokens", type=int, default=None)
-    ask.add_argument("--raw-top-n", type=int, default=None, help="also read the n most relevant chunks as raw text (hybrid)")
-    ask.add_argument("--truncate", action="store_true", help="drop the least relevant chunks instead of failing when too long")
+    ask.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
+                     help="new tokens at most (default: the checkpoint's prompt.max_new_tokens)")
+    ask.add_argument("--raw-top-n", type=int, default=None, metavar="N",
+                     help="also read the n chunks most similar to the question as raw text (hybrid; 0: compressed only; "
+                          "default: the checkpoint's raw_top_n)")
+    ask.add_argument("--overflow", choices=("error", "truncate"), default="error",
+                     help="a document beyond the decoder window: fail naming what would fit (error), or keep the chunks "
+                          "most similar to the question (truncate)")
     ask.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     ask.add_argument("--verbose", "-v", action="store_true", help="print token accounting to stderr")
     add_model_args(ask)

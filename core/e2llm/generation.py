@@ -263,6 +263,15 @@ class GenerationMixin:
                 res.finish_reason = text.finish_reason
 
     # ---------------------------------------------------------------- public API
+    def _max_new_tokens(self, max_new_tokens: int | None) -> int:
+        """None: the checkpoint's prompt.max_new_tokens; anything below 1 is an error, not the default."""
+        if max_new_tokens is None:
+            return self.config.prompt.max_new_tokens
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be a whole number >= 1, got {max_new_tokens!r}; "
+                             f"pass None for the checkpoint's default ({self.config.prompt.max_new_tokens})")
+        return max_new_tokens
+
     def generate(self, question: str, context: Context = None, *, raw_texts: Sequence[str] = (), raw_top_n: int | None = None,
                  max_new_tokens: int | None = None, do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
                  stop: Sequence[str] | None = None, overflow: Overflow = "error", return_citations: bool = False,
@@ -280,10 +289,13 @@ class GenerationMixin:
         """Several questions, each over its own context, in one left-padded forward pass."""
         if isinstance(questions, str) or len(questions) != len(contexts):
             raise InputError(f"generate_batch needs one context per question ({len(questions)} questions, {len(contexts)} contexts)")
+        if raw_texts is not None and (isinstance(raw_texts, str) or len(raw_texts) != len(questions)):
+            raise InputError(f"generate_batch needs one raw_texts list per question ({len(questions)} questions, "
+                             f"{'a string' if isinstance(raw_texts, str) else len(raw_texts)} raw_texts lists); pass [] for none")
         if not questions:
             return []
         raw_texts = raw_texts or [()] * len(questions)
-        max_new = max_new_tokens or self.config.prompt.max_new_tokens
+        max_new = self._max_new_tokens(max_new_tokens)
         prepared = [self._prepare(q, c, raw_texts=r, raw_top_n=raw_top_n, max_new_tokens=max_new, overflow=overflow)
                     for q, c, r in zip(questions, contexts, raw_texts)]
         spliced = self._splice(prepared)
@@ -300,7 +312,7 @@ class GenerationMixin:
                stop: Sequence[str] | None = None, overflow: Overflow = "error", return_citations: bool = False) -> TextStream:
         """Text pieces as they are generated; the stream's ``.result`` is complete once it ends
         (with ``chunk_scores`` when return_citations is set)."""
-        max_new = max_new_tokens or self.config.prompt.max_new_tokens
+        max_new = self._max_new_tokens(max_new_tokens)
         prepared = self._prepare(question, context, raw_texts=raw_texts, raw_top_n=raw_top_n, max_new_tokens=max_new, overflow=overflow)
         return TextStream(self, prepared, self._splice([prepared]), self._gen_kwargs(max_new, do_sample, temperature, top_p, stop),
                           stop or (), citations=return_citations)
