@@ -102,7 +102,7 @@ class _FirstTokenClock:
 def _measure(engine, prepare, new_tokens: int):
     """Run prepare() (chunk, encode, tokenize: part of the cost) then decode exactly new_tokens."""
     kwargs = engine._gen_kwargs(new_tokens, False, 1.0, 1.0, None)
-    kwargs["min_new_tokens"] = new_tokens
+    kwargs.min_new_tokens = new_tokens
     clock = _FirstTokenClock()
     with PeakMemory(engine.device) as mem:
         start = time.perf_counter()
