@@ -121,3 +121,14 @@ def test_decode_stops_on_a_stop_string_and_pads_finished_rows(lora_engine):
     row0 = engine.decoder_tokenizer.decode(cut[0].tolist(), skip_special_tokens=True)
     assert stop in row0 and len(cut[0]) <= len(free[0])
     assert cut[0, :3].tolist() == free[0, :3].tolist()
+
+
+@pytest.mark.slow
+def test_fast_decode_keeps_the_float32_greedy_answers_of_the_real_model(default_engine):
+    """bf16 (where the CPU has bf16 units) against float32 on held-out items: the issue asks for
+    the same greedy text on >= 95% of answers; a handful here, the full check is `e2llm bench decode`."""
+    from e2llm.bench import decode_agreement
+
+    same, total, diffs = decode_agreement(default_engine, items=5, new_tokens=16)
+    assert total == 5
+    assert same >= 4, diffs

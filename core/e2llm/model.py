@@ -232,10 +232,11 @@ class E2LLM(GenerationMixin, nn.Module):
         chunks = self.chunk(context)
         return SoftPrompts(self.encode_chunks(chunks), chunks)
 
-    # Hybrid ranking vectors: "base" pools the encoder *without* its LoRA (the pretrained
-    # sentence-embedding model, a second pass over every chunk); "shared" pools the states of the
-    # soft-prompt pass itself (one pass). docs/speed.md compares their recall on held-out text.
-    ranking_pass: str = "base"
+    # Hybrid ranking vectors: "shared" pools the states of the soft-prompt pass itself (one
+    # encoder pass over the chunks); "base" pools the encoder *without* its LoRA (the pretrained
+    # sentence-embedding model: a second pass). On held-out text the shared vectors rank at least
+    # as well (docs/speed.md, `e2llm bench encode`), at half the encoder cost.
+    ranking_pass: str = "shared"
     store = None  # an EncodingStore (see use_store): encodings shared across processes
 
     def use_store(self, path) -> None:
