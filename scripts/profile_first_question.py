@@ -1,5 +1,7 @@
-"""Where a first question's time goes at 8K tokens: chunking, the soft-prompt pass, the
-hybrid ranking pass, the decoder.
+"""Where a first question's time goes at 8K tokens: chunking, the encoder pass (soft prompts,
+and with engine.ranking_pass "shared" the ranking vectors too), the hybrid ranking (a second
+encoder pass only with ranking_pass "base"), the decoder. `e2llm bench latency` reports the
+same stages side by side with full-context stuffing and RAG.
 
     python scripts/profile_first_question.py
 """
@@ -23,5 +25,5 @@ engine.rank_chunks(question, chunks)
 t3 = time.perf_counter()
 engine.generate(question, text, max_new_tokens=1)  # both passes cached now: the decoder's part
 t4 = time.perf_counter()
-print(f"{len(chunks)} chunks: chunking {t1 - t0:.2f} s, soft-prompt pass {t2 - t1:.2f} s, "
-      f"ranking pass {t3 - t2:.2f} s, decoder to the first token {t4 - t3:.2f} s")
+print(f"{len(chunks)} chunks: chunking {t1 - t0:.2f} s, encoder pass {t2 - t1:.2f} s, "
+      f"ranking ({engine.ranking_pass}) {t3 - t2:.2f} s, decoder to the first token {t4 - t3:.2f} s")

@@ -163,7 +163,9 @@ def test_bench_latency_with_raw_top_n(tiny_checkpoint, tmp_path):
     assert proc.returncode == 0, proc.stderr.decode()
     assert "raw text of the 1 most similar" in proc.stdout.decode()
     rows = json.loads((out_dir / "latency.json").read_text())
-    assert [r["system"] for r in rows] == ["full context", "e2llm", "e2llm (cached)", "e2llm", "e2llm (cached)"]
+    e2llm = ["e2llm", "e2llm (cached)", "e2llm (disk store)"]
+    assert [r["system"] for r in rows] == ["full context", "rag top-3", *e2llm, "rag top-3", *e2llm]
+    assert all(r["decode_ms_per_token"] > 0 and r["prefill_s"] > 0 for r in rows)
     assert (out_dir / "latency.png").exists()
     bad = run("bench", "latency", "--checkpoint", tiny_checkpoint, "--sizes", "200", "--long-sizes",
               "--new-tokens", "2", "--raw-top-n", "-1", "--output", out_dir)

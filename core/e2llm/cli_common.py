@@ -52,9 +52,11 @@ def add_model_args(sp, checkpoint: bool = True) -> None:
         sp.add_argument("--checkpoint", default="default", help="checkpoint folder, or 'default' (the shipped one)")
     sp.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: cpu)")
     sp.add_argument("--dtype", default="float32", choices=DTYPES, help="backbone precision")
+    sp.add_argument("--cache-dir", default=None, help="folder of an on-disk store of chunk encodings shared across runs "
+                                                     "(keyed by content and checkpoint; default: none)")
 
 
-def load_engine(checkpoint: str, device: str | None = None, dtype: str = "float32"):
+def load_engine(checkpoint: str, device: str | None = None, dtype: str = "float32", cache_dir: str | None = None):
     """E2LLM.from_pretrained, with the 'untrained adapter' warning turned into a note on stderr."""
     from .model import E2LLM
 
@@ -64,8 +66,10 @@ def load_engine(checkpoint: str, device: str | None = None, dtype: str = "float3
     for w in caught:
         if "trained" in str(w.message):
             print(f"e2llm: note: {w.message}", file=sys.stderr)
+    if cache_dir:
+        engine.use_store(cache_dir)
     return engine
 
 
 def load_from_args(args):
-    return load_engine(args.checkpoint, getattr(args, "device", None), args.dtype)
+    return load_engine(args.checkpoint, getattr(args, "device", None), args.dtype, getattr(args, "cache_dir", None))

@@ -15,6 +15,7 @@ import torch
 from transformers.generation.streamers import BaseStreamer
 
 from .chunking import Chunk
+from .decoding import DecodeSettings, InferenceDecoders, decode
 from .errors import ContextTooLongError, InputError
 from .prompts import PromptLayout
 from .softprompts import Context, SoftPrompts
@@ -176,6 +177,10 @@ def _first_stop(text: str, stop: Sequence[str]) -> int | None:
 
 
 class GenerationMixin:
+    # Decode with a merged copy of the decoder, in bf16 where the hardware has bf16 units
+    # (docs/speed.md: greedy text agreement with float32); False decodes the float32 decoder itself.
+    fast_decode: bool = True
+
     # ---------------------------------------------------------------- preparing one prompt
     def _prepare(self, question: str, context: Context, *, raw_texts: Sequence[str] = (), raw_top_n: int | None = None,
                  max_new_tokens: int, overflow: Overflow = "error") -> _Prepared:
@@ -234,20 +239,29 @@ class GenerationMixin:
         eos = eos if isinstance(eos, list) else [eos]
         return {e for e in eos + [self.decoder_tokenizer.eos_token_id] if e is not None}
 
-    def _gen_kwargs(self, max_new_tokens: int, do_sample: bool, temperature: float, top_p: float, stop: Sequence[str] | None) -> dict:
-        kw = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=self.decoder_tokenizer.pad_token_id,
-                  eos_token_id=sorted(self._stop_token_ids()))
-        # explicit values: the model's generation_config may carry sampling defaults
-        kw.update(temperature=temperature, top_p=top_p, top_k=None) if do_sample else kw.update(temperature=None, top_p=None, top_k=None)
-        if stop:
-            kw.update(stop_strings=list(stop), tokenizer=self.decoder_tokenizer)
-        return kw
+    def _gen_kwargs(self, max_new_tokens: int, do_sample: bool, temperature: float, top_p: float,
+                    stop: Sequence[str] | None) -> DecodeSettings:
+        return DecodeSettings(max_new_tokens=max_new_tokens, eos_token_ids=sorted(self._stop_token_ids()),
+                              pad_token_id=self.decoder_tokenizer.pad_token_id, do_sample=do_sample,
+                              temperature=temperature, top_p=top_p, stop_strings=list(stop or ()),
+                              tokenizer=self.decoder_tokenizer)
+
+    def _inference_decoder(self) -> torch.nn.Module:
+        """The module decode() runs: with fast_decode a merged (bf16 where the hardware has bf16
+        units) copy, rebuilt when the decoder's weights change or its LoRA is switched off;
+        without, the decoder itself (exactly the float32 answers of transformers' generate)."""
+        if not self.fast_decode:
+            return self._decoder_base
+        copies = getattr(self, "_inference_copies", None)
+        if copies is None:
+            copies = self._inference_copies = InferenceDecoders()
+        return copies.get(self.decoder, fast=True)
 
     @torch.no_grad()
-    def _run_generate(self, spliced: Spliced, gen_kwargs: dict, streamer=None) -> torch.Tensor:
-        with self.lock:
-            return self._decoder_base.generate(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask,
-                                               streamer=streamer, **gen_kwargs)  # (B, new_tokens)
+    def _run_generate(self, spliced: Spliced, settings: DecodeSettings, streamer=None) -> torch.Tensor:
+        with self.lock:  # the LoRA switch (and so which copy runs) is global state
+            return decode(self._inference_decoder(), spliced.inputs_embeds, spliced.attention_mask, settings,
+                          streamer=streamer)  # (B, new_tokens)
 
     def _splice(self, prepared: Sequence[_Prepared]) -> Spliced:
         return splice([p.pieces for p in prepared], self._decoder_base.get_input_embeddings(), pad_left=True)

@@ -247,17 +247,86 @@ class E2LLM(GenerationMixin, nn.Module):
         chunks = self.chunk(context)
         return SoftPrompts(self.encode_chunks(chunks), chunks)
 
+    # Hybrid ranking vectors: "shared" pools the states of the soft-prompt pass itself (one
+    # encoder pass over the chunks); "base" pools the encoder *without* its LoRA (the pretrained
+    # sentence-embedding model: a second pass). On held-out text the shared vectors rank at least
+    # as well (docs/speed.md, `e2llm bench encode`), at half the encoder cost.
+    ranking_pass: str = "shared"
+    store = None  # an EncodingStore (see use_store): encodings shared across processes
+
+    def use_store(self, path) -> None:
+        """Keep chunk encodings (and ranking vectors) on disk under ``path`` too, keyed by content
+        and by the weights that made them; None stops using one."""
+        from .store import EncodingStore
+
+        self.store = None if path is None else EncodingStore(path)
+
+    def _encoding_fingerprint(self) -> str:
+        """Identifies everything an encoding depends on (weights, settings); recomputed when they change."""
+        from .decoding import _weights_version
+        from .store import fingerprint
+
+        version = (_weights_version(self.encoder), _weights_version(self.adapter), self.autocast_encoder, self.ranking_pass)
+        cached = getattr(self, "_fingerprint_cache", None)
+        if cached is None or cached[0] != version:
+            settings = {"encoder": self.config.encoder.model_dump(), "adapter": self.config.adapter.model_dump(),
+                        "max_tokens": self.config.chunking.tokens_per_chunk, "autocast": self.autocast_encoder}
+            self._fingerprint_cache = (version, fingerprint(settings, {"encoder": self.encoder, "adapter": self.adapter}))
+        return self._fingerprint_cache[1]
+
+    def _lookup(self, namespace: str, texts: Sequence[str]) -> tuple[list, list[int]]:
+        """Cached tensors for texts (memory, then the on-disk store), and the indices still missing."""
+        keys = [content_key(namespace, t) for t in texts]
+        found = [self.cache.get(k) for k in keys]
+        missing = [i for i, t in enumerate(found) if t is None]
+        if missing and self.store is not None:
+            loaded = self.store.get_many(self._encoding_fingerprint(), [keys[i] for i in missing])
+            for i, t in zip(missing, loaded):
+                if t is not None:
+                    found[i] = t.to(self.device)
+                    self.cache.put(keys[i], found[i])
+            missing = [i for i, t in enumerate(found) if t is None]
+        return found, missing
+
+    def _remember(self, namespace: str, texts: Sequence[str], tensors: torch.Tensor) -> list[torch.Tensor]:
+        keys = [content_key(namespace, t) for t in texts]
+        rows = [t.clone() for t in tensors]  # clone: a view would pin the whole batch in the cache
+        for k, t in zip(keys, rows):
+            self.cache.put(k, t)
+        if self.store is not None:
+            self.store.put_many(self._encoding_fingerprint(), list(zip(keys, rows)))
+        return rows
+
+    def _pool(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(n, L, De) -> (n, De) unit vectors, pooled as config.encoder.pooling says."""
+        pooled = states[:, 0] if self.config.encoder.pooling == "cls" else mean_pool(states, mask)
+        return torch.nn.functional.normalize(pooled.float(), dim=-1)
+
+    @torch.no_grad()
+    def _encode_pass(self, texts: Sequence[str]) -> None:
+        """One encoder pass (LoRA on) over texts: their soft prompts, and with ranking_pass
+        "shared" their ranking vectors from the same states, into the caches."""
+        dtype = next(self.adapter.parameters()).dtype
+        soft, rank = [], []
+        with self.lock:
+            for states, mask in self._encoder_batches(texts, grad=False):
+                soft.append(self.adapter(states.to(dtype), mask))
+                if self.ranking_pass == "shared":
+                    rank.append(self._pool(states, mask))
+        self._remember("soft", texts, torch.cat(soft))
+        if rank:
+            self._remember("rank-shared", texts, torch.cat(rank))
+
     @torch.no_grad()
     def encode_chunks(self, chunks: Sequence[Chunk]) -> torch.Tensor:
-        """(N, k, Dd) soft prompts, from the cache where a chunk was seen before."""
-        keys = [content_key("soft", c.text) for c in chunks]
-        found = [self.cache.get(k) for k in keys]
-        todo = [i for i, t in enumerate(found) if t is None]
-        if todo:
-            fresh = self.soft_prompts([chunks[i].text for i in todo])
-            for j, i in enumerate(todo):
-                found[i] = fresh[j].clone()  # clone: a view would pin the whole batch in the cache
-                self.cache.put(keys[i], found[i])
+        """(N, k, Dd) soft prompts, from the caches where a chunk was seen before."""
+        texts = [c.text for c in chunks]
+        found, missing = self._lookup("soft", texts)
+        if missing:
+            self._encode_pass([texts[i] for i in missing])
+            found, missing = self._lookup("soft", texts)
+            if missing:  # evicted at once (a tiny memory cache): encode without caching
+                return self.soft_prompts(texts, encoder_grad=False)
         if not found:
             return torch.empty(0, self.config.adapter.tokens_per_chunk, self.config.decoder.hidden_size)
         return torch.stack(found)
@@ -291,19 +360,26 @@ class E2LLM(GenerationMixin, nn.Module):
     def retrieval_vectors(self, texts: Sequence[str]) -> torch.Tensor:
         """(N, De) unit sentence embeddings from the encoder *without* its LoRA: the pretrained
         sentence-embedding model is already a retriever; the LoRA is tuned for the decoder."""
-        keys = [content_key("retr", t) for t in texts]
-        found = [self.cache.get(k) for k in keys]
-        todo = [i for i, t in enumerate(found) if t is None]
-        if todo:
+        found, missing = self._lookup("retr", texts)
+        if missing:
             off = self.encoder.disable_adapter() if hasattr(self.encoder, "disable_adapter") else contextlib.nullcontext()
             with self.lock, off:
-                vecs = []
-                for states, mask in self._encoder_batches([texts[i] for i in todo]):
-                    vecs.append(torch.nn.functional.normalize(mean_pool(states, mask), dim=-1))
-            fresh = torch.cat(vecs)
-            for j, i in enumerate(todo):
-                found[i] = fresh[j].clone()
-                self.cache.put(keys[i], found[i])
+                fresh = torch.cat([self._pool(states, mask) for states, mask in self._encoder_batches([texts[i] for i in missing])])
+            for i, t in zip(missing, self._remember("retr", [texts[i] for i in missing], fresh)):
+                found[i] = t
+        return torch.stack(found)
+
+    @torch.no_grad()
+    def ranking_vectors(self, texts: Sequence[str]) -> torch.Tensor:
+        """(N, De) unit vectors that rank chunks against a question (see ranking_pass)."""
+        if self.ranking_pass != "shared":
+            return self.retrieval_vectors(texts)
+        found, missing = self._lookup("rank-shared", texts)
+        if missing:
+            self._encode_pass([texts[i] for i in missing])
+            found, missing = self._lookup("rank-shared", texts)
+            if missing:
+                raise RuntimeError("ranking vectors were evicted as soon as they were made; raise cache_bytes")
         return torch.stack(found)
 
     def raw_chunk_indices(self, question: str, chunks: Sequence[Chunk], n: int) -> list[int]:
@@ -314,6 +390,6 @@ class E2LLM(GenerationMixin, nn.Module):
         """Chunk indices, most similar to the question first."""
         if not chunks:
             return []
-        q = self.retrieval_vectors([question])[0]
-        sims = self.retrieval_vectors([c.text for c in chunks]) @ q
+        q = self.ranking_vectors([question])[0]
+        sims = self.ranking_vectors([c.text for c in chunks]) @ q
         return sims.argsort(descending=True).tolist()

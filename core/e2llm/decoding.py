@@ -1,0 +1,202 @@
+"""The decode loop: one prefill of the spliced prompt, then one token a step on a pre-allocated KV cache.
+
+Greedy, sampling (temperature, top-p), end-of-turn ids, stop strings, a minimum length, a
+streamer and left-padded batches all run through :func:`decode`, so generate_batch and
+stream share one path. Semantics follow transformers' ``generate`` (greedy answers match it
+token for token in float32; tests/test_decoding.py checks this): finished rows are padded,
+positions count real tokens only, a sampled step draws ``multinomial(softmax(warped logits))``.
+
+Speed: the decoder is memory-bound at one token a step, so :class:`InferenceDecoders` keeps a
+copy of it for inference with the LoRA merged into the weights (no extra adapter matmuls) and,
+where the CPU has bf16 units, in bfloat16 with oneDNN-packed weights for one-row products
+(plain bf16 ``F.linear`` at one row is no faster than float32 on this CPU; the packed product
+is about 2x faster, see docs/speed.md).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from torch import nn
+
+PACKED_MAX_ROWS = 16  # products with at most this many rows use the packed weight (decode steps)
+
+
+@dataclass
+class DecodeSettings:
+    max_new_tokens: int
+    eos_token_ids: list[int]
+    pad_token_id: int
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    min_new_tokens: int = 0
+    stop_strings: list[str] = field(default_factory=list)
+    tokenizer: object = None  # needed for stop strings
+
+
+class PackedLinear(nn.Module):
+    """A bf16 Linear that keeps a oneDNN-packed copy of its weight for few-row products (a
+    decode step) and the plain weight for many rows (the prefill, where AMX tiles pay)."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.weight = nn.Parameter(linear.weight.detach().to(torch.bfloat16), requires_grad=False)
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().to(torch.bfloat16), requires_grad=False)
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.data, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() // x.shape[-1] <= PACKED_MAX_ROWS:
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        return nn.functional.linear(x, self.weight, self.bias)
+
+
+def cpu_has_bf16() -> bool:
+    try:  # oneDNN's own check for bf16 kernels (AVX-512 BF16 or AMX)
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def fast_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
+    """bf16 for inference where the hardware has bf16 matmuls, else the weights' own dtype."""
+    if dtype != torch.float32:
+        return dtype
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    if device.type == "cpu" and cpu_has_bf16():
+        return torch.bfloat16
+    return dtype
+
+
+def lora_enabled(model: nn.Module) -> bool:
+    """False inside peft's ``disable_adapter()`` (or without any LoRA layer)."""
+    for m in model.modules():
+        if hasattr(m, "disable_adapters") and hasattr(m, "lora_A"):
+            return not m.disable_adapters
+    return False
+
+
+def _weights_version(model: nn.Module) -> tuple:
+    # in-place updates (optimizer steps, load_state_dict) bump _version; .to() makes new tensors
+    return tuple((id(p), p._version) for p in model.parameters())
+
+
+class InferenceDecoders:
+    """Inference copies of the decoder, rebuilt whenever its weights change: LoRA merged (or
+    left out while the LoRA is switched off), in the fast dtype where asked."""
+
+    def __init__(self):
+        self._copies: dict[tuple, tuple[tuple, nn.Module]] = {}
+
+    def get(self, decoder: nn.Module, fast: bool) -> nn.Module:
+        param = next(decoder.parameters())
+        dtype = fast_dtype(param.device, param.dtype) if fast else param.dtype
+        lora_on = lora_enabled(decoder)
+        key, version = (lora_on, dtype), _weights_version(decoder)
+        hit = self._copies.get(key)
+        if hit is not None and hit[0] == version:
+            return hit[1]
+        self._copies = {k: v for k, v in self._copies.items() if v[0] == version}  # stale copies go
+        self._copies[key] = (version, build_inference_copy(decoder, lora_on, dtype))
+        return self._copies[key][1]
+
+    def clear(self) -> None:
+        self._copies.clear()
+
+
+@torch.no_grad()
+def build_inference_copy(decoder: nn.Module, lora_on: bool, dtype: torch.dtype) -> nn.Module:
+    if hasattr(decoder, "merge_and_unload"):  # a peft model: merge into a copy, never in place
+        dup = copy.deepcopy(decoder)
+        plain = dup.merge_and_unload() if lora_on else dup.unload()
+    else:
+        plain = copy.deepcopy(decoder)
+    plain = plain.to(dtype).eval()
+    for p in plain.parameters():
+        p.requires_grad_(False)
+    device = next(plain.parameters()).device
+    if dtype == torch.bfloat16 and device.type == "cpu" and cpu_has_bf16():
+        _pack_linears(plain)
+    return plain
+
+
+def _pack_linears(model: nn.Module) -> None:
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Linear:
+                setattr(parent, name, PackedLinear(child))
+
+
+def _make_cache(model: nn.Module, max_len: int, batch: int):
+    from transformers import DynamicCache, StaticCache
+
+    try:  # pre-allocated: no per-step concatenation of every layer's keys and values
+        return StaticCache(config=model.config, max_cache_len=max_len)
+    except (TypeError, ValueError, NotImplementedError):
+        return DynamicCache(config=model.config)
+
+
+def _warp(logits: torch.Tensor, s: DecodeSettings) -> torch.Tensor:
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
+
+    if s.temperature is not None and s.temperature != 1.0:
+        logits = TemperatureLogitsWarper(s.temperature)(None, logits)
+    if s.top_p is not None and s.top_p < 1.0:
+        logits = TopPLogitsWarper(s.top_p)(None, logits)
+    return logits
+
+
+def _stopped_by_string(tokenizer, ids: Sequence[int], stop: Sequence[str]) -> bool:
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    return any(s in text for s in stop if s)
+
+
+@torch.no_grad()
+def decode(model: nn.Module, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, s: DecodeSettings,
+           streamer=None) -> torch.Tensor:
+    """(B, T, Dd) left-padded prompt embeddings -> (B, new) token ids (pad after a row ends)."""
+    B, T = attention_mask.shape
+    device = inputs_embeds.device
+    dtype = next(model.parameters()).dtype
+    cache = _make_cache(model, T + s.max_new_tokens, B)
+    mask = attention_mask.long()
+    position_ids = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)  # (B, T) as transformers' generate
+    eos = torch.tensor(sorted(set(s.eos_token_ids)), dtype=torch.long, device=device)
+    unfinished = torch.ones(B, dtype=torch.bool, device=device)
+    rows: list[list[int]] = [[] for _ in range(B)]
+    out: list[torch.Tensor] = []
+    if streamer is not None:
+        streamer.put(torch.empty(B, 0, dtype=torch.long))  # the prompt: no ids with inputs_embeds
+    logits = model(inputs_embeds=inputs_embeds.to(dtype), attention_mask=mask, position_ids=position_ids,
+                   cache=cache, use_cache=True, cache_position=torch.arange(T, device=device),
+                   logits_to_keep=1).logits[:, -1].float()  # (B, V)
+    for step in range(s.max_new_tokens):
+        if step < s.min_new_tokens and eos.numel():
+            logits[:, eos] = -float("inf")
+        if s.do_sample:
+            probs = torch.softmax(_warp(logits, s), dim=-1)
+            nxt = torch.multinomial(probs, num_samples=1).squeeze(1)
+        else:
+            nxt = logits.argmax(-1)
+        nxt = torch.where(unfinished, nxt, torch.full_like(nxt, s.pad_token_id))  # (B,)
+        out.append(nxt)
+        if streamer is not None:
+            streamer.put(nxt.cpu())
+        unfinished &= ~torch.isin(nxt, eos)
+        if s.stop_strings:
+            for b in range(B):
+                rows[b].append(int(nxt[b]))
+                if unfinished[b] and _stopped_by_string(s.tokenizer, rows[b], s.stop_strings):
+                    unfinished[b] = False
+        if not bool(unfinished.any()) or step + 1 == s.max_new_tokens:
+            break
+        mask = torch.cat([mask, mask.new_ones(B, 1)], dim=-1)
+        position_ids = position_ids[:, -1:] + 1
+        logits = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=position_ids, cache=cache,
+                       use_cache=True, cache_position=torch.tensor([T + step], device=device)).logits[:, -1].float()
+    if streamer is not None:
+        streamer.end()
+    return torch.stack(out, dim=1) if out else torch.empty(B, 0, dtype=torch.long, device=device)

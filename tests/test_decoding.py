@@ -1,0 +1,134 @@
+"""The decode loop (e2llm.decoding) against transformers' generate, and the inference copies."""
+import pytest
+import torch
+
+from e2llm.decoding import DecodeSettings, PackedLinear, build_inference_copy, cpu_has_bf16, decode
+
+DOC = "The quick brown fox lives in a quiet forest near the river. It eats berries in the summer."
+
+
+@pytest.fixture
+def lora_engine(make_tiny_engine):
+    """A tiny engine whose decoder LoRA is not zero (a fresh LoRA's B is zero: merged == base)."""
+    engine = make_tiny_engine(seed=3)
+    with torch.no_grad():
+        for name, p in engine.decoder.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.3)
+    return engine
+
+
+def _spliced(engine, questions):
+    prepared = [engine._prepare(q, DOC, max_new_tokens=8) for q in questions]
+    return engine._splice(prepared)
+
+
+def _hf(engine, spliced, settings: DecodeSettings, model=None):
+    model = model or engine._decoder_base
+    return model.generate(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask,
+                          max_new_tokens=settings.max_new_tokens, min_new_tokens=settings.min_new_tokens or None,
+                          do_sample=settings.do_sample, temperature=settings.temperature if settings.do_sample else None,
+                          top_p=settings.top_p if settings.do_sample else None, top_k=None,
+                          eos_token_id=settings.eos_token_ids, pad_token_id=settings.pad_token_id)
+
+
+@pytest.mark.parametrize("min_new", [0, 6])
+def test_greedy_equals_transformers_generate_in_float32(lora_engine, min_new):
+    engine = lora_engine
+    engine.fast_decode = False  # the decoder itself, float32: the answers must be token for token those of generate()
+    spliced = _spliced(engine, ["Where does the fox live?", "What does it eat in the summer, and where?"])  # padded batch
+    settings = engine._gen_kwargs(10, False, 1.0, 1.0, None)
+    settings.min_new_tokens = min_new
+    ours = engine._run_generate(spliced, settings)
+    theirs = _hf(engine, spliced, settings)
+    assert ours.tolist() == theirs.tolist()
+
+
+def test_sampling_equals_transformers_generate_with_the_same_seed(lora_engine):
+    engine = lora_engine
+    engine.fast_decode = False
+    spliced = _spliced(engine, ["Where does the fox live?"])
+    settings = engine._gen_kwargs(10, True, 0.7, 0.9, None)
+    torch.manual_seed(11)
+    ours = engine._run_generate(spliced, settings)
+    torch.manual_seed(11)
+    theirs = _hf(engine, spliced, settings)
+    assert ours.tolist() == theirs.tolist()
+
+
+def test_merged_copy_gives_the_logits_of_the_lora_decoder_and_the_plain_one_when_switched_off(lora_engine):
+    engine = lora_engine
+    spliced = _spliced(engine, ["Where does the fox live?"])
+    args = dict(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask)
+    with torch.no_grad():
+        want_on = engine._decoder_base(**args).logits
+        merged = build_inference_copy(engine.decoder, lora_on=True, dtype=torch.float32)
+        assert torch.allclose(merged(**args).logits, want_on, atol=1e-4)
+        with engine.decoder.disable_adapter():
+            want_off = engine._decoder_base(**args).logits
+            plain = build_inference_copy(engine.decoder, lora_on=False, dtype=torch.float32)
+        assert torch.allclose(plain(**args).logits, want_off, atol=1e-4)
+        assert not torch.allclose(want_on, want_off, atol=1e-3)  # the LoRA matters: the test can fail
+        assert torch.allclose(engine._decoder_base(**args).logits, want_on)  # the original is left unmerged
+
+
+def test_fast_path_follows_weight_changes_and_the_lora_switch(lora_engine):
+    engine = lora_engine
+    engine.fast_decode = True
+    first = engine._inference_decoder()
+    assert engine._inference_decoder() is first  # built once
+    with engine.decoder.disable_adapter():
+        off = engine._inference_decoder()
+        assert off is not first
+    with torch.no_grad():  # an optimizer step or a checkpoint load updates the weights in place
+        next(p for n, p in engine.decoder.named_parameters() if "lora_B" in n).add_(0.5)
+    assert engine._inference_decoder() is not first
+    # the fast path still answers, streams the same text, and honours stop strings
+    text = engine.generate("Where does the fox live?", DOC, max_new_tokens=8)
+    assert "".join(engine.stream("Where does the fox live?", DOC, max_new_tokens=8)) == text
+
+
+def test_no_parameter_or_state_dict_entry_is_added_by_the_copies(lora_engine):
+    engine = lora_engine
+    keys = set(engine.state_dict())
+    engine.generate("Where does the fox live?", DOC, max_new_tokens=2)
+    assert set(engine.state_dict()) == keys
+
+
+@pytest.mark.skipif(not cpu_has_bf16(), reason="the CPU has no bf16 units")
+def test_packed_linear_matches_a_bf16_linear():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 96)
+    packed = PackedLinear(lin)
+    for rows in (1, 3, 40):  # packed (few rows) and plain (many rows) products
+        x = torch.randn(2, rows, 64)
+        want = lin(x)
+        got = packed(x.bfloat16()).float()
+        assert got.shape == want.shape
+        assert torch.allclose(got, want, atol=0.05 * want.abs().max().item())
+
+
+def test_decode_stops_on_a_stop_string_and_pads_finished_rows(lora_engine):
+    engine = lora_engine
+    engine.fast_decode = False
+    spliced = _spliced(engine, ["Where does the fox live?", "What does it eat?"])
+    free = engine._run_generate(spliced, engine._gen_kwargs(12, False, 1.0, 1.0, None))
+    text = engine.decoder_tokenizer.decode(free[0].tolist(), skip_special_tokens=True)
+    assert len(text) > 3
+    stop = text[1:3]
+    settings = engine._gen_kwargs(12, False, 1.0, 1.0, [stop])
+    cut = decode(engine._decoder_base, spliced.inputs_embeds, spliced.attention_mask, settings)
+    row0 = engine.decoder_tokenizer.decode(cut[0].tolist(), skip_special_tokens=True)
+    assert stop in row0 and len(cut[0]) <= len(free[0])
+    assert cut[0, :3].tolist() == free[0, :3].tolist()
+
+
+@pytest.mark.slow
+def test_fast_decode_keeps_the_float32_greedy_answers_of_the_real_model(default_engine):
+    """bf16 (where the CPU has bf16 units) against float32 on held-out items: the issue asks for
+    the same greedy text on >= 95% of answers; a handful here, the full check is `e2llm bench decode`."""
+    from e2llm.bench import decode_agreement
+
+    same, total, diffs = decode_agreement(default_engine, items=5, new_tokens=16)
+    assert total == 5
+    assert same >= 4, diffs
