@@ -589,3 +589,34 @@ def test_trainer_logs_the_spread(tiny_backbones, tmp_path):
     recs = [json.loads(l) for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert all(r["spread_penalty"] > 0 for r in recs if "loss_recon" in r)
     assert 0 < [r for r in recs if "val_soft_prompt_spread" in r][-1]["val_soft_prompt_spread"] < 0.99
+
+
+def test_tokenized_samples_are_cached_by_data_tokenizers_and_chunking(make_tiny_engine, tmp_path):
+    """The arrays a run tokenizes are read back equal; another sample set, chunking or k is
+    another cache entry (a stale cache would train on the wrong tokens)."""
+    import numpy as np
+
+    from e2llm.train.batches import cache_key, cached_tokenize
+
+    engine = make_tiny_engine()
+    samples = tiny_data().recon_train + tiny_data().reason_train
+    first, hit = cached_tokenize(engine, samples, tmp_path)
+    assert not hit and len(list(tmp_path.glob("*.safetensors"))) == 1
+    again, hit = cached_tokenize(engine, samples, tmp_path)
+    assert hit and all(np.array_equal(v, again.arrays()[k]) for k, v in first.arrays().items())
+    key = cache_key(engine, samples)
+    assert cache_key(engine, samples[:-1]) != key
+    assert cache_key(make_tiny_engine(chunking={"tokens_per_chunk": 12}), samples) != key
+    assert cache_key(make_tiny_engine(adapter={"tokens_per_chunk": 2}), samples) != key
+
+
+def test_a_step_is_collated_ahead_by_workers_as_in_process(tiny_backbones, tmp_path):
+    """DataLoader workers hand the step exactly what the training process would collate itself."""
+    trainer = Trainer(tiny_train_config(tiny_backbones, tmp_path / "run", max_steps=3), data=tiny_data())
+    ahead = list(trainer._loader(1))  # steps 1 and 2, from a worker
+    for step, parts in zip((1, 2), ahead):
+        here = trainer.batches[step]
+        assert len(parts) == len(here)
+        for a, b in zip(parts, here):
+            assert a.keys() == b.keys()
+            assert all(torch.equal(a[k], b[k]) if torch.is_tensor(a[k]) else a[k] == b[k] for k in a)

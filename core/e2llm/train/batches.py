@@ -127,7 +127,11 @@ def cache_key(engine, samples: Sequence[Sample]) -> str:
                          "k": c.adapter.tokens_per_chunk, "encoder": c.encoder.name_or_path}, sort_keys=True).encode())
     for tok in (engine.encoder_tokenizer, engine.decoder_tokenizer):
         backend = getattr(tok, "backend_tokenizer", None)
-        h.update((backend.to_str() if backend is not None else repr(sorted(tok.get_vocab().items()))).encode())
+        if backend is not None:  # its JSON, less the truncation/padding state that calls leave in it
+            state = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")}
+            h.update(json.dumps(state, sort_keys=True).encode())
+        else:
+            h.update(repr(sorted(tok.get_vocab().items())).encode())
         h.update(repr(getattr(tok, "chat_template", None)).encode())
     for s in samples:
         h.update(json.dumps([s.kind, s.context, s.prompt, s.answer, list(s.raw_texts), s.raw_top_n]).encode())

@@ -90,7 +90,11 @@ def move_all_but(module: nn.Module, skip: list[nn.Module], device: str) -> None:
                 continue
             for name, p in m._parameters.items():
                 if p is not None and p.device != torch.device(device):
-                    p.data = p.data.to(device)
+                    moved = p.data.to(device)
+                    if torch._has_compatible_shallow_copy_type(p, moved):  # as nn.Module._apply does
+                        p.data = moved
+                    else:  # e.g. to "meta": swap the contents, keep the object
+                        torch.utils.swap_tensors(p, nn.Parameter(moved, requires_grad=p.requires_grad))
             for name, b in m._buffers.items():
                 if b is not None:
                     m._buffers[name] = b.to(device)
