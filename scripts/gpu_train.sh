@@ -5,14 +5,17 @@
 #
 # The plan (docs/training.md "Training on a GPU machine"):
 #   here   bash scripts/gpu_train.sh pack
-#          packs what that machine lacks into .gpu-carry/part-NN (each under 48 MiB, so a part
+#          packs what that machine lacks into build/gpu-carry/part-NN (each under 48 MiB, so a part
 #          plus the ~9 MiB working tree stays under 64 MiB): the encoder package with its
 #          weights in bf16 (43 MB: the recipe loads the backbones in bf16, so the rounded
 #          weights are the same ones; half the 87 MB), the decoder's GGUF package (98 MB,
 #          converted there as here), and wheels of the pure-Python/py3.12 packages its
-#          python3 lacks (pydantic and its parts, gguf). A manifest holds the sha256.
+#          python3 lacks (pydantic and its parts, gguf; also alone in build/gpu-carry/wheels, 3 MB,
+#          for scripts/gpu_check.sh). A manifest holds the bundle's sha256. build/ is ignored by
+#          git, so the parts travel only where a call's carry names them.
 #   there  one call per part, back to back (the machine keeps files only while warm, 30 s):
-#            bash scripts/gpu_train.sh receive 00        (carry .gpu-carry/part-00)
+#            bash scripts/gpu_train.sh receive 00        (carry build/gpu-carry/part-00 and
+#                                                         build/gpu-carry/MANIFEST.sha256)
 #            ...
 #          then, with the last part's call or the next:
 #            bash scripts/gpu_train.sh setup             assemble, verify, install, convert
@@ -39,9 +42,8 @@ env_for_models() {
 }
 
 pack() {  # here: needs .venv with the default models installed and pip able to download wheels
-  local out=$ROOT/.gpu-carry tmp
+  local out=$ROOT/build/gpu-carry tmp
   tmp=$(mktemp -d)
-  grep -qx '/.gpu-carry/' .git/info/exclude 2>/dev/null || echo '/.gpu-carry/' >> "$(git rev-parse --git-common-dir)/info/exclude"
   rm -rf "$out" && mkdir -p "$out" "$tmp/site" "$tmp/wheels"
   "$PY" - "$tmp/site" <<'PY'
 import importlib.util, shutil, sys
@@ -60,18 +62,19 @@ PY
   "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$tmp/wheels" \
     pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 gguf==0.19.0
+  cp -r "$tmp/wheels" "$out/wheels"
   tar -C "$tmp" -cf "$tmp/bundle.tar" site wheels
   (cd "$tmp" && sha256sum bundle.tar | cut -d' ' -f1 > "$out/MANIFEST.sha256")
   split -b "${PART_MB}m" -d -a 2 "$tmp/bundle.tar" "$out/part-"
   rm -rf "$tmp"
   ls -la "$out"
-  echo "carry each .gpu-carry/part-NN in its own call: bash scripts/gpu_train.sh receive NN (the MANIFEST with the last)"
+  echo "carry each build/gpu-carry/part-NN (with MANIFEST.sha256) in its own call: bash scripts/gpu_train.sh receive NN"
 }
 
 receive() {  # there: keep one part outside the repo (carried paths are replaced call by call)
   mkdir -p "$STAGE"
-  cp ".gpu-carry/part-$1" "$STAGE/"
-  [ -f .gpu-carry/MANIFEST.sha256 ] && cp .gpu-carry/MANIFEST.sha256 "$STAGE/"
+  cp "build/gpu-carry/part-$1" "$STAGE/"
+  [ -f build/gpu-carry/MANIFEST.sha256 ] && cp build/gpu-carry/MANIFEST.sha256 "$STAGE/"
   echo "received part-$1; staged: $(ls "$STAGE" | tr '\n' ' ')"
 }
 
@@ -173,7 +176,7 @@ stage() {  # there: one stage, sized to its share of TRAIN_MINUTES
 rehearse() {  # here, on the CPU: pack, receive each part, set up, both stages, tiny sizes
   pack
   rm -rf "$STAGE" "$RUN"
-  for p in .gpu-carry/part-*; do receive "${p##*-}"; done
+  for p in build/gpu-carry/part-*; do receive "${p##*-}"; done
   setup
   export E2LLM_REHEARSE=1
   local out=$ROOT/build/gpu-train-rehearsal

@@ -28,8 +28,8 @@ def config(batch: int, grad_accum: int, workers: int, device: str):
 
     return TrainConfig.model_validate({
         "model": {"chunking": {"tokens_per_chunk": 64}, "adapter": {"kind": "pma", "tokens_per_chunk": 1, "num_heads": 4}},
-        "data": {"builtin": {"num_qa_train": 96, "num_qa_val": 0, "num_recon_train": 96, "num_recon_val": 0,
-                             "qa_context_tokens": [256, 1024], "hybrid_fraction": 0.3, "hybrid_top_n": 2},
+        "data": {"builtin": {"num_qa_train": 48, "num_qa_val": 0, "num_recon_train": 48, "num_recon_val": 0,
+                             "qa_context_tokens": [256, 768], "hybrid_fraction": 0.3, "hybrid_top_n": 2},
                  **({"cache_dir": str(ROOT / "build" / "token-cache"), "num_workers": workers} if workers >= 0 else {})},
         "optim": {"batch_size": batch, "grad_accum": grad_accum, "max_steps": 1000, "backbone_dtype": "float32"},
         "output_dir": str(ROOT / "build" / "profile-run"), "num_generation_checks": 0, "device": device,
