@@ -111,7 +111,8 @@ if os.environ.get("E2LLM_REHEARSE"):  # the CPU rehearsal: same path, tiny sizes
     b.num_recon_train, b.num_recon_val = 64, 8
     b.num_qa_train, b.num_qa_val, b.num_long_qa_train = min(b.num_qa_train, 32), min(b.num_qa_val, 4), min(b.num_long_qa_train, 2)
     b.qa_context_tokens, b.long_qa_context_tokens = (256, 512), (2048, 3000)
-    cfg.optim.batch_size, cfg.optim.grad_accum, cfg.optim.warmup_steps = 4, min(cfg.optim.grad_accum, 2), 1
+    cfg.optim.grad_accum = min(cfg.optim.grad_accum, 2)  # first: batch_size must stay a multiple of it
+    cfg.optim.batch_size, cfg.optim.warmup_steps = 4, 1
     cfg.optim.backbone_dtype, cfg.data.num_workers, cfg.num_generation_checks = "float32", 1, min(cfg.num_generation_checks, 2)
     cfg.optim.gradient_checkpointing = False
     steps = 2
