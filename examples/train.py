@@ -3,8 +3,11 @@
     python examples/train.py                      # one CPU or GPU
     python examples/train.py --config my.yaml     # the same as `e2llm train --config my.yaml`
     torchrun --standalone --nproc_per_node 2 examples/train.py  # DDP (gloo on CPU, nccl on GPUs)
+    torchrun --no-python --standalone --nproc_per_node 8 e2llm train --config my.yaml  # the CLI, likewise
     accelerate launch examples/train.py           # likewise
-    # a decoder too big to copy per process: set "parallelism": "fsdp" below (FSDP2 shards its layers)
+    # a decoder too big for one GPU: set "parallelism": "fsdp" below (FSDP2 shards its layers;
+    # no GPU ever holds the whole decoder). On GPUs: "backbone_dtype": "bfloat16" (bf16 autocast
+    # is on by default there), and a "batch_size" of hundreds: docs/training.md.
 
 It writes OUTPUT_DIR/model, which E2LLM.from_pretrained(...) loads, and OUTPUT_DIR/checkpoints
 every `save_every` steps; run it again with --resume after an interruption.

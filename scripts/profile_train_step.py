@@ -1,33 +1,147 @@
-"""Where a training step's time goes: host-side work (chunking, templating, the splice) vs the
-models, for one step of configs/gpu-k1.yaml's data mix (16 + 16 samples, micro-batches of 4),
-fp32 on this machine, under cProfile.
+"""Where a training step's time goes, on the real default models: the host's share (time the
+model's kernels are not running: data preparation, tokenization, Python between kernels) and
+samples per second, measured with torch.profiler.
 
-    python scripts/profile_train_step.py
+    python scripts/profile_train_step.py                       # this tree
+    python scripts/profile_train_step.py --compare-with 01e78fb  # and that commit's trainer, side by side
+
+host share = 1 - (sum of the self time of every aten op the training process ran) / wall time,
+over --steps profiled steps after one warm-up step. On a GPU the aten time is what launches
+kernels, so the measure is an upper bound on the GPU's busy share there; on the CPU it is the
+compute itself. Each version runs in its own process (--compare-with extracts the commit's
+core/ with git archive); the two alternate --rounds times so machine noise hits both alike.
 """
-import cProfile
-import pstats
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
-from e2llm.train import TrainConfig, Trainer
-cfg = TrainConfig.load("configs/gpu-k1.yaml")
-cfg.data.builtin.num_qa_train, cfg.data.builtin.num_recon_train = 400, 400
-cfg.data.builtin.num_qa_val = cfg.data.builtin.num_recon_val = 0
-cfg.optim.batch_size, cfg.optim.grad_accum, cfg.optim.backbone_dtype = 16, 8, "float32"  # micro-batches of 4
-cfg.output_dir = "build/profile-run"; cfg.num_generation_checks = 0
-t = Trainer(cfg)
-samples = t._step_samples(0)
-print(len(samples), "samples")
-def step():
-    w = t._weights(samples)
-    for idx in t._micro_batches(samples):  # the trainer's own length-sorted split
-        ce, n = t.model([samples[i] for i in idx])
-        (ce * w[idx]).sum().backward()
-step()  # warm
-pr = cProfile.Profile(); t0 = time.perf_counter(); pr.enable(); step(); pr.disable(); print("step s", time.perf_counter() - t0)
-st = pstats.Stats(pr); st.sort_stats("cumulative")
-keys = ["chunk_many", "ids", "answer_ids", "raw_chunk_indices", "rank_chunks", "splice", "soft_prompts", "_weights", "_approx_tokens",
-        "run_backward", "forward", "__call__", "_encode_tokenized", "encode_chunks"]
-for (f, line, name), (cc, nc, tt, ct, callers) in st.stats.items():
-    if name in keys and ("e2llm" in f or name == "run_backward"):
-        print(f"{name:22s} {ct:7.2f}s cum  {nc:5d} calls  {f.split('/')[-1]}:{line}")
-st.print_stats(25)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def config(batch: int, grad_accum: int, workers: int, device: str):
+    from e2llm.train import TrainConfig
+
+    return TrainConfig.model_validate({
+        "model": {"chunking": {"tokens_per_chunk": 64}, "adapter": {"kind": "pma", "tokens_per_chunk": 1, "num_heads": 4}},
+        "data": {"builtin": {"num_qa_train": 48, "num_qa_val": 0, "num_recon_train": 48, "num_recon_val": 0,
+                             "qa_context_tokens": [256, 768], "hybrid_fraction": 0.3, "hybrid_top_n": 2},
+                 **({"cache_dir": str(ROOT / "build" / "token-cache"), "num_workers": workers} if workers >= 0 else {})},
+        "optim": {"batch_size": batch, "grad_accum": grad_accum, "max_steps": 1000, "backbone_dtype": "float32"},
+        "output_dir": str(ROOT / "build" / "profile-run"), "num_generation_checks": 0, "device": device,
+    })
+
+
+def from_file(path: str, device: str):
+    """A recipe's own config (its batch, data and dtypes), writing nothing where its run would."""
+    from e2llm.train import TrainConfig
+
+    cfg = TrainConfig.load(path)
+    cfg.output_dir, cfg.device, cfg.num_generation_checks = str(ROOT / "build" / "profile-run"), device, 0
+    cfg.optim.max_steps = 1000
+    return cfg
+
+
+def measure(steps: int, batch: int, grad_accum: int, workers: int, device: str, config_path: str | None = None) -> dict:
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from e2llm.train import Trainer
+
+    new = hasattr(Trainer, "_loader")  # this tree's pre-tokenized pipeline; else the older per-sample step
+    t = Trainer(from_file(config_path, device) if config_path else config(batch, grad_accum, workers if new else -1, device))
+    if new:
+        from e2llm.train.batches import to_device
+
+        batches = iter(t._loader(0))
+
+        def step(i):
+            for part in next(batches):
+                b = to_device(part, t.device)
+                ce, _ = t.model(b)
+                (ce * b["weight"]).sum().backward()
+            t.opt.step()
+            t.opt.zero_grad(set_to_none=True)
+    else:
+        def step(i):
+            samples = t._step_samples(i)
+            w = t._weights(samples)
+            for idx in t._micro_batches(samples):
+                ce, _ = t.model([samples[j] for j in idx])
+                (ce * w[idx].to(ce.device)).sum().backward()
+            t.opt.step()
+            t.opt.zero_grad(set_to_none=True)
+
+    step(0)  # warm-up: allocations, first-call costs
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if str(t.device).startswith("cuda") else [])
+    with profile(activities=activities) as prof:
+        t0 = time.perf_counter()
+        for i in range(1, steps + 1):
+            step(i)
+        if str(t.device).startswith("cuda"):
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
+    main = {e.thread for e in prof.events() if e.name.startswith("aten::")}
+    aten_us = sum(e.self_cpu_time_total for e in prof.events() if e.name.startswith("aten::"))
+    out = {"pipeline": "pre-tokenized + DataLoader" if new else "per-sample (tokenize, chunk, splice in the step)",
+           "samples_per_step": len(t._step_samples(0)), "step_s": round(wall / steps, 3),
+           "samples_per_s": round(steps * len(t._step_samples(0)) / wall, 2),
+           "host_share": round(max(0.0, 1 - aten_us / 1e6 / wall), 3), "threads_seen": len(main)}
+    if str(t.device).startswith("cuda"):
+        kernel_us = sum(e.self_device_time_total for e in prof.events() if e.device_type.name == "CUDA")
+        out["gpu_busy_share"] = round(kernel_us / 1e6 / wall, 3)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=8, help="samples per objective per step")
+    ap.add_argument("--grad-accum", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--config", help="profile this recipe's config instead (its batch, data, dtypes)")
+    ap.add_argument("--compare-with", help="a git revision whose trainer to measure side by side")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.worker:
+        print("RESULT " + json.dumps(measure(args.steps, args.batch, args.grad_accum, args.workers, args.device, args.config)))
+        return 0
+    trees = {"this tree": ROOT / "core"}
+    tmp = None
+    if args.compare_with:
+        tmp = tempfile.TemporaryDirectory()
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.compare_with, "core"], capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", tmp.name], input=archive, check=True)
+        trees = {args.compare_with: Path(tmp.name) / "core", **trees}
+    flags = ["--steps", str(args.steps), "--batch", str(args.batch), "--grad-accum", str(args.grad_accum),
+             "--workers", str(args.workers), "--device", args.device, "--worker"] + (["--config", args.config] if args.config else [])
+    results: dict = {name: [] for name in trees}
+    for _ in range(args.rounds):
+        for name, core in trees.items():
+            rest = os.environ.get("PYTHONPATH", "")
+            env = dict(os.environ, PYTHONPATH=str(core) + (os.pathsep + rest if rest else ""), TOKENIZERS_PARALLELISM="true")
+            proc = subprocess.run([sys.executable, __file__, *flags], env=env, capture_output=True, text=True)
+            line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+            if proc.returncode or not line:
+                print(proc.stderr[-3000:], file=sys.stderr)
+                return 1
+            results[name].append(json.loads(line[0][7:]))
+            print(f"{name:>12}: {results[name][-1]}", flush=True)
+    if len(trees) == 2:
+        (old, a), (_, b) = results.items()
+        ratio = sum(r["samples_per_s"] for r in b) / sum(r["samples_per_s"] for r in a)
+        print(f"samples/s, this tree over {old}: {ratio:.2f}x")
+    if tmp:
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -30,7 +30,7 @@ def tiny_train_config(backbones, out_dir, **optim):
 
     return TrainConfig.model_validate({
         "model": tiny_config(*backbones).model_dump(),
-        "data": {"builtin": None},
+        "data": {"builtin": None, "cache_dir": str(Path(out_dir).parent / "token-cache"), "num_workers": 1},
         "optim": {"max_steps": 6, "batch_size": 4, "warmup_steps": 1, "lr": 3e-3, **optim},
         "output_dir": str(out_dir), "save_every": 2, "eval_every": 100, "log_every": 1, "num_generation_checks": 0,
     })
@@ -145,28 +145,31 @@ def test_reconstruction_can_be_kept_from_the_decoder_lora(tiny_backbones, tmp_pa
 
     trainer, changed = trained("recon-only", recon_trains_decoder=False, reason=False)
     assert changed("adapter.") and changed("encoder_lora.") and not changed("decoder_lora.")
-    parts = trainer._micro_batches(trainer._step_samples(0))
-    assert [{trainer._step_samples(0)[i].kind for i in p} for p in parts] == [{"recon"}]
+    assert _part_kinds(trainer, 0) == [{"recon"}]
     _, changed = trained("both", recon_trains_decoder=False)
     assert changed("decoder_lora.")  # QA still tunes it
     trainer, changed = trained("default")
     assert changed("decoder_lora.")
-    samples = trainer._step_samples(0)
-    assert len(trainer._micro_batches(samples)) == 1 and {s.kind for s in samples} == {"recon", "reason"}
+    assert _part_kinds(trainer, 0) == [{"recon", "reason"}]
+
+
+def _part_kinds(trainer, step):
+    """The kinds of the step's micro-batches, in order."""
+    rows = trainer.batches.step_rows(step)
+    return [{("recon", "reason")[rows[p][0]] for p in part} for part in trainer.batches.micro_batches(rows)]
 
 
 def _nan_gradients_at(trainer, steps):
-    """Make the adapter's gradient NaN during the given steps (counted from 0)."""
-    state = {"step": 0}
+    """Make the adapter's gradient NaN during the given steps (counted from 0; one backward pass
+    a step: these tests' steps are one micro-batch)."""
+    state = {"backward": -1}
     first = next(trainer.engine.adapter.parameters())
-    first.register_hook(lambda g: g * float("nan") if state["step"] in steps else g)
-    step_samples = trainer._step_samples
 
-    def counting(step):
-        state["step"] = step
-        return step_samples(step)
+    def hook(g):
+        state["backward"] += 1
+        return g * float("nan") if state["backward"] in steps else g
 
-    trainer._step_samples = counting
+    first.register_hook(hook)
 
 
 def test_a_nan_gradient_step_is_skipped(tiny_backbones, tmp_path):
@@ -216,14 +219,41 @@ def test_resume_refuses_another_config(tiny_backbones, tmp_path):
 # ------------------------------------------------------------------ processes
 SCRIPT = """
 import sys, json
+import torch
+import torch.distributed as dist
 from e2llm.train import TrainConfig, Trainer, Sample, TrainData
 sys.path.insert(0, {tests!r})
-from test_train import tiny_data
+from test_train import tiny_data, audit_collectives
 cfg = TrainConfig.model_validate(json.load(open(sys.argv[1])))
-Trainer(cfg, data=tiny_data()).train(resume="--resume" in sys.argv)
-import torch.distributed as dist
+trainer = Trainer(cfg, data=tiny_data())
+calls = audit_collectives(torch.device(trainer.device))
+trainer.train(resume="--resume" in sys.argv)
+print(f"collectives audited: {{len(calls)}} on {{sorted(set(calls))}}")
 assert not dist.is_initialized()  # the trainer joined the group, so it left it before exit
 """
+
+
+def audit_collectives(model_device):
+    """From now on, every torch.distributed collective (the trainer's own and FSDP's) fails
+    unless its tensors are on the model's device: NCCL rejects host tensors, so a tensor made
+    without naming the device breaks the first multi-GPU step. Returns the devices seen."""
+    import torch.distributed as dist
+
+    seen = []
+
+    def audited(name, collective):
+        def call(*args, **kwargs):
+            tensors = [t for a in args for t in (a if isinstance(a, (list, tuple)) else [a]) if torch.is_tensor(t)]
+            for t in tensors:
+                seen.append(str(t.device))
+                assert t.device == model_device, f"dist.{name} was handed a tensor on {t.device}; the model is on {model_device}"
+            return collective(*args, **kwargs)
+        return call
+
+    for name in ("all_reduce", "all_gather", "all_gather_into_tensor", "reduce_scatter", "reduce_scatter_tensor",
+                 "broadcast", "reduce", "all_to_all_single"):
+        setattr(dist, name, audited(name, getattr(dist, name)))
+    return seen
 
 
 def _env():
@@ -261,9 +291,9 @@ def test_sigkill_then_resume_matches_uninterrupted(tiny_backbones, tmp_path):
         assert ka == pytest.approx(ra, rel=1e-4) and kb == pytest.approx(rb, rel=1e-4)
 
 
-def _torchrun(script, cfg_path, *args):
+def _torchrun(script, cfg_path, *args, nproc=2):
     # --standalone: the rendezvous takes a free port, so two test runs at once never collide
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
                            str(script), str(cfg_path), *args], env=_env(), capture_output=True, timeout=300)
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     return proc.stdout.decode()
@@ -280,7 +310,8 @@ def test_two_processes_follow_the_single_process_curve(tiny_backbones, tmp_path,
         cfg.objective = cfg.objective.model_copy(update=objective)
         configs.append(cfg)
     final = Trainer(configs[0], data=tiny_data()).train()
-    _torchrun(*_script(tmp_path, configs[1]))
+    out = _torchrun(*_script(tmp_path, configs[1]))
+    assert int(out.split("collectives audited: ")[1].split()[0]) >= 4  # the loss sums, a step each
     a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert len(a) == len(b) == 4
     for (_, ra, rb), (_, ka, kb) in zip(a, b):
@@ -310,8 +341,19 @@ def test_fsdp_shards_follow_the_single_process_curve_and_resume(tiny_backbones, 
     ref = E2LLM.from_pretrained(tmp_path / "one" / "model").trained_state_dict()
     got = E2LLM.from_pretrained(tmp_path / "fsdp" / "model").trained_state_dict()
     assert ref.keys() == got.keys() and any("decoder_lora" in k for k in got)
+    # The PMA adapter's key bias adds the same q.b to every attention logit of a row, which the
+    # softmax ignores: its exact gradient is 0, what reaches it is float noise, and Adam turns
+    # noise into steps of up to lr * (1 - beta1) / sqrt(1 - beta2) (Kingma & Ba, sec. 2.1)
+    # whatever its scale. Two runs that round differently (FSDP sums the shards' gradients in
+    # another order) may move it apart by twice that per step; nothing else may differ.
+    key_bias = got["adapter.kv_proj.bias"].shape[0] // 2  # (2 * Dd,): keys first, then values
+    beta1, beta2 = 0.9, 0.999  # torch.optim.AdamW's defaults, which the trainer uses
+    bound = 2 * sum(one.optim.lr * lr_at(s, one) for s in range(steps)) * (1 - beta1) / (1 - beta2) ** 0.5
     for k in ref:
-        torch.testing.assert_close(got[k], ref[k], rtol=1e-3, atol=1e-5)
+        if k == "adapter.kv_proj.bias":
+            assert float((got[k][:key_bias] - ref[k][:key_bias]).abs().max()) <= bound
+            got[k], ref[k] = got[k][key_bias:], ref[k][key_bias:]
+        torch.testing.assert_close(got[k], ref[k], rtol=1e-3, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
     # resume from step 4 as if killed after it: the last two steps land on the same curve
     shutil.rmtree(tmp_path / "fsdp" / "checkpoints" / f"step-{steps:06d}")
     shutil.rmtree(tmp_path / "fsdp" / "model")
@@ -406,6 +448,52 @@ def test_merge_checkpoints_script_combines_parts_and_adds_queries(make_tiny_engi
         assert "Traceback" not in proc.stderr and not (tmp_path / "bad").exists()
 
 
+def test_a_collective_on_another_device_than_the_model_is_refused():
+    """The trainer's collectives all go through Parallel.all_reduce, which refuses a tensor on
+    another device than the model's (on GPUs: a host tensor, which NCCL rejects mid-step)."""
+    import torch.distributed as dist
+    from e2llm.train.distributed import Parallel
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        parallel = Parallel(torch.nn.Linear(2, 2), "ddp", 1, "cpu")
+        assert parallel.all_reduce(torch.ones(3)).tolist() == [1.0, 1.0, 1.0]
+        with pytest.raises(TrainingError, match="collective was handed a tensor on meta, but the model is on cpu"):
+            parallel.all_reduce(torch.zeros(5, device="meta"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_one_launched_process_goes_through_the_process_group(tiny_backbones, tmp_path):
+    """torchrun --nproc_per_node 1: DDP and the collectives run (on GPUs: the world-size-1 NCCL
+    check in scripts/gpu_check.sh), every collective on the model's device, and the curve is
+    the unlaunched run's."""
+    one = tiny_train_config(tiny_backbones, tmp_path / "one", max_steps=2)
+    Trainer(one, data=tiny_data()).train()
+    out = _torchrun(*_script(tmp_path, tiny_train_config(tiny_backbones, tmp_path / "launched", max_steps=2)), nproc=1)
+    assert int(out.split("collectives audited: ")[1].split()[0]) >= 2
+    for (_, ra, rb), (_, ka, kb) in zip(losses(tmp_path / "one"), losses(tmp_path / "launched")):
+        assert ka == pytest.approx(ra, rel=1e-5) and kb == pytest.approx(rb, rel=1e-5)
+
+
+def test_fsdp_places_the_decoder_layers_last(make_tiny_engine):
+    """Before sharding, everything but the decoder's layers goes to the device ("meta" stands in
+    for a GPU here); the layers stay on the CPU for fully_shard to move one at a time, so no GPU
+    ever holds the whole decoder."""
+    from e2llm.train.distributed import decoder_layers, move_all_but
+
+    engine = make_tiny_engine()
+    layers = decoder_layers(engine._decoder_base)
+    inside = {id(p) for layer in layers for p in layer.parameters()}
+    params = dict(engine.named_parameters())
+    move_all_but(engine, layers, "meta")
+    assert len(layers) == 2 and inside
+    for name, p in engine.named_parameters():
+        assert p is params[name]  # the same Parameter objects: optimizer groups stay valid
+        assert p.device.type == ("cpu" if id(p) in inside else "meta"), name
+    assert all(b.device.type == "meta" for n, b in engine._decoder_base.named_buffers() if ".layers." not in n)
+
+
 def test_fsdp_without_known_layers_is_a_config_error():
     from e2llm.train.distributed import shard_decoder
 
@@ -451,9 +539,7 @@ def test_qa_without_encoder_gradients_gets_its_own_micro_batches(tiny_backbones,
     cfg = tiny_train_config(tiny_backbones, tmp_path / "run", max_steps=1)
     cfg.objective = cfg.objective.model_copy(update={"reason_trains_encoder": False})
     trainer = Trainer(cfg, data=tiny_data())
-    samples = trainer._step_samples(0)
-    kinds = [{samples[i].kind for i in part} for part in trainer._micro_batches(samples)]
-    assert kinds == [{"recon"}, {"reason"}]
+    assert _part_kinds(trainer, 0) == [{"recon"}, {"reason"}]
 
 
 def test_long_qa_samples_are_added_without_changing_the_short_ones():
@@ -503,3 +589,34 @@ def test_trainer_logs_the_spread(tiny_backbones, tmp_path):
     recs = [json.loads(l) for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert all(r["spread_penalty"] > 0 for r in recs if "loss_recon" in r)
     assert 0 < [r for r in recs if "val_soft_prompt_spread" in r][-1]["val_soft_prompt_spread"] < 0.99
+
+
+def test_tokenized_samples_are_cached_by_data_tokenizers_and_chunking(make_tiny_engine, tmp_path):
+    """The arrays a run tokenizes are read back equal; another sample set, chunking or k is
+    another cache entry (a stale cache would train on the wrong tokens)."""
+    import numpy as np
+
+    from e2llm.train.batches import cache_key, cached_tokenize
+
+    engine = make_tiny_engine()
+    samples = tiny_data().recon_train + tiny_data().reason_train
+    first, hit = cached_tokenize(engine, samples, tmp_path)
+    assert not hit and len(list(tmp_path.glob("*.safetensors"))) == 1
+    again, hit = cached_tokenize(engine, samples, tmp_path)
+    assert hit and all(np.array_equal(v, again.arrays()[k]) for k, v in first.arrays().items())
+    key = cache_key(engine, samples)
+    assert cache_key(engine, samples[:-1]) != key
+    assert cache_key(make_tiny_engine(chunking={"tokens_per_chunk": 12}), samples) != key
+    assert cache_key(make_tiny_engine(adapter={"tokens_per_chunk": 2}), samples) != key
+
+
+def test_a_step_is_collated_ahead_by_workers_as_in_process(tiny_backbones, tmp_path):
+    """DataLoader workers hand the step exactly what the training process would collate itself."""
+    trainer = Trainer(tiny_train_config(tiny_backbones, tmp_path / "run", max_steps=3), data=tiny_data())
+    ahead = list(trainer._loader(1))  # steps 1 and 2, from a worker
+    for step, parts in zip((1, 2), ahead):
+        here = trainer.batches[step]
+        assert len(parts) == len(here)
+        for a, b in zip(parts, here):
+            assert a.keys() == b.keys()
+            assert all(torch.equal(a[k], b[k]) if torch.is_tensor(a[k]) else a[k] == b[k] for k in a)

@@ -40,6 +40,12 @@ class DataConfig(_Strict):
     recon_paths: list[str] = Field(default_factory=list, description="folders of .txt/.md, or JSONL with 'text'")
     builtin: Optional[BuiltinData] = Field(default_factory=BuiltinData)
     on_error: Literal["raise", "skip"] = "skip"
+    # Samples are chunked and tokenized once and kept here, keyed by the data, both tokenizers
+    # and the chunking (default: ~/.cache/e2llm/train-data; "off": tokenize every run).
+    cache_dir: Optional[str] = None
+    # DataLoader worker processes that collate the next steps while the model trains (0: collate
+    # in the training process).
+    num_workers: int = Field(2, ge=0)
 
 
 class OptimConfig(_Strict):
@@ -58,6 +64,11 @@ class OptimConfig(_Strict):
     # Frozen backbones are stored in this dtype (bf16 matmuls run ~3x faster on these CPUs and on
     # GPUs); what trains (adapter, LoRA) and the optimizer state stay float32.
     backbone_dtype: Literal["float32", "bfloat16"] = "float32"
+    # bf16 autocast around the forward pass ("auto": on CUDA only); the trained tensors and
+    # their optimizer state stay float32 master weights.
+    autocast: Literal["auto", "bf16", "off"] = "auto"
+    # Recompute the decoder's activations in the backward pass: less memory, bigger batches.
+    gradient_checkpointing: bool = False
 
     @model_validator(mode="after")
     def _batch_splits(self) -> "OptimConfig":

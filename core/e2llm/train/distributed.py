@@ -23,13 +23,31 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from ..errors import ConfigError
+from ..errors import ConfigError, TrainingError
+
+
+def launched() -> bool:
+    """Whether torchrun / accelerate launch started this process (with one process too: a
+    world-size-1 run still goes through the process group, DDP and the collectives)."""
+    env = os.environ
+    return int(env.get("WORLD_SIZE", "1")) > 1 or "TORCHELASTIC_RUN_ID" in env or ("LOCAL_RANK" in env and "MASTER_ADDR" in env)
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def dist_info() -> tuple[int, int]:
-    """(rank, world size); joins the process group torchrun / accelerate launch set up."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    """(rank, world size); joins the process group torchrun / accelerate launch set up. On
+    GPUs each process first takes the GPU of its local rank: NCCL and every tensor this
+    process makes without naming a device then land there, not all on GPU 0."""
+    if launched() and not dist.is_initialized():
+        if torch.cuda.is_available():
+            device = torch.device("cuda", local_rank() % torch.cuda.device_count())
+            torch.cuda.set_device(device)
+            dist.init_process_group("nccl", device_id=device)
+        else:
+            dist.init_process_group("gloo")
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -44,26 +62,57 @@ def leave_process_group() -> None:
         dist.destroy_process_group()
 
 
-def device_for(device: str, rank: int) -> str:
+def device_for(device: str) -> str:
+    """"auto": this process's GPU (by local rank: ranks count over machines, GPUs per machine)."""
     if device != "auto":
         return device
-    return f"cuda:{rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
+    return f"cuda:{local_rank() % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
+
+
+def decoder_layers(decoder: nn.Module) -> list[nn.Module]:
+    """The decoder's transformer layers (the classes it names in _no_split_modules)."""
+    layer_classes = set(getattr(decoder, "_no_split_modules", None) or [])
+    layers = [m for m in decoder.modules() if type(m).__name__ in layer_classes]
+    if not layers:
+        raise ConfigError(f"parallelism 'fsdp': cannot find the transformer layers of {type(decoder).__name__} "
+                          "(it names none in _no_split_modules); use parallelism 'ddp'")
+    return layers
+
+
+def move_all_but(module: nn.Module, skip: list[nn.Module], device: str) -> None:
+    """Move ``module``'s parameters and buffers to ``device``, except those inside ``skip``
+    (the decoder layers FSDP moves one at a time while sharding them): no GPU ever holds the
+    whole decoder. The Parameter objects stay the same (only their data moves)."""
+    skipped = {id(m) for s in skip for m in s.modules()}
+    with torch.no_grad():
+        for m in module.modules():
+            if id(m) in skipped:
+                continue
+            for name, p in m._parameters.items():
+                if p is not None and p.device != torch.device(device):
+                    moved = p.data.to(device)
+                    if torch._has_compatible_shallow_copy_type(p, moved):  # as nn.Module._apply does
+                        p.data = moved
+                    else:  # e.g. to "meta": swap the contents, keep the object
+                        torch.utils.swap_tensors(p, nn.Parameter(moved, requires_grad=p.requires_grad))
+            for name, b in m._buffers.items():
+                if b is not None:
+                    m._buffers[name] = b.to(device)
 
 
 def shard_decoder(decoder: nn.Module, world: int, device: str, compute_dtype: torch.dtype | None) -> int:
     """FSDP2 over the decoder: one unit per transformer layer, then the rest of the decoder
     (its final norm) with the embeddings left whole. Returns the number of layer units.
+    fully_shard moves each layer to the mesh's device just before splitting it: call this on a
+    decoder whose layers are still on the CPU (``move_all_but`` placed the rest), and the GPU
+    holds one whole layer at a time, never the whole decoder.
 
     compute_dtype: bf16 backbones with float32 LoRA in one layer need a common dtype to gather
     in; the layer then computes in it and reduces gradients in float32."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    layer_classes = set(getattr(decoder, "_no_split_modules", None) or [])
-    layers = [m for m in decoder.modules() if type(m).__name__ in layer_classes]
-    if not layers:
-        raise ConfigError(f"parallelism 'fsdp': cannot find the transformer layers of {type(decoder).__name__} "
-                          "(it names none in _no_split_modules); use parallelism 'ddp'")
+    layers = decoder_layers(decoder)
     mesh = init_device_mesh("cuda" if device.startswith("cuda") else "cpu", (world,))
     policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32) if compute_dtype else MixedPrecisionPolicy()
     for layer in layers:
@@ -76,27 +125,40 @@ def shard_decoder(decoder: nn.Module, world: int, device: str, compute_dtype: to
 
 
 class Parallel:
-    """Wraps the loss module for the strategy; the trainer calls it like the module."""
+    """Wraps the loss module for the strategy; the trainer calls it like the module. Every
+    collective the trainer makes goes through :meth:`all_reduce`, which refuses a tensor on
+    another device than the model's (NCCL rejects CPU tensors: the first multi-GPU step failed so)."""
 
     def __init__(self, module: nn.Module, strategy: str, world: int, device: str, partial_graphs: bool = False):
         """partial_graphs: some micro-batches leave trained parameters out of their graph (QA
         without the encoder's gradients). DDP must then look for them in the synchronising
         backward, and average what earlier micro-batches accumulated (tested against one process)."""
-        self.module, self.world = module, world
+        self.module, self.world, self.device = module, world, torch.device(device)
+        self.grouped = dist.is_initialized()  # launched: collectives run, a world of one included
         self.ddp = None
-        if world > 1 and strategy == "ddp":
-            self.ddp = nn.parallel.DistributedDataParallel(module, device_ids=None if device == "cpu" else [device],
+        if self.grouped and strategy == "ddp":
+            self.ddp = nn.parallel.DistributedDataParallel(module, device_ids=None if self.device.type == "cpu" else [self.device],
                                                            find_unused_parameters=partial_graphs)
-        self.sharded = world > 1 and strategy == "fsdp"
+        self.sharded = self.grouped and strategy == "fsdp"
         # the FSDP units (already sharded when this is built), found once, not per micro-batch
         self._fsdp_units = [m for m in module.modules() if hasattr(m, "set_requires_gradient_sync")] if self.sharded else []
 
     def __call__(self, *args, **kwargs):
         return (self.ddp or self.module)(*args, **kwargs)
 
+    def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum over processes, in place (nothing to do without a process group)."""
+        if not self.grouped:
+            return tensor
+        if tensor.device != self.device:
+            raise TrainingError(f"a collective was handed a tensor on {tensor.device}, but the model is on {self.device}; "
+                                "make the tensor on the model's device (NCCL reduces only GPU tensors)")
+        dist.all_reduce(tensor)
+        return tensor
+
     def no_sync(self, skip: bool):
         """Skip the gradient exchange for micro-batches before the last one of a step."""
-        if not skip or self.world == 1:
+        if not skip or not self.grouped:
             return nullcontext()
         if self.ddp is not None:
             return self.ddp.no_sync()
@@ -108,8 +170,7 @@ class Parallel:
             return
         grads = [p.grad for p in params if p.grad is not None and not isinstance(p.grad, DTensor)]
         if grads:
-            flat = torch.cat([g.flatten() for g in grads])
-            dist.all_reduce(flat)
+            flat = self.all_reduce(torch.cat([g.flatten() for g in grads]))
             flat /= self.world
             for g, part in zip(grads, flat.split([g.numel() for g in grads])):
                 g.copy_(part.view_as(g))
@@ -119,11 +180,9 @@ class Parallel:
         if not self.sharded:
             return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
         grads = [p.grad for p in params if p.grad is not None]
-        # sums stay on the gradients' device: NCCL reduces only GPU tensors
-        zero = torch.zeros((), device=grads[0].device if grads else "cpu")
+        zero = torch.zeros((), device=self.device)
         whole = sum((g.float().pow(2).sum() for g in grads if not isinstance(g, DTensor)), zero)
-        shards = sum((g.to_local().float().pow(2).sum() for g in grads if isinstance(g, DTensor)), zero.clone())
-        dist.all_reduce(shards)
+        shards = self.all_reduce(sum((g.to_local().float().pow(2).sum() for g in grads if isinstance(g, DTensor)), zero.clone()))
         total = float((whole + shards).sqrt())
         scale = min(1.0, max_norm / (total + 1e-6))  # torch's rule
         if scale < 1.0:

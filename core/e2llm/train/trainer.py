@@ -30,19 +30,22 @@ from torch import nn
 from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME, atomic_write_dir, refuse_nonfinite
 from ..errors import InputError, TrainingError
 from ..model import E2LLM
-from ..prompts import PromptLayout
-from ..softprompts import SoftPrompts, soft_prompt_spread, spread
-from ..splice import IGNORE_INDEX, splice
+from ..softprompts import soft_prompt_spread, spread
+from ..splice import IGNORE_INDEX
 from .config import TrainConfig, config_differences
-from .data import Sample, TrainData, build_data, sample_indices
-from .distributed import Parallel, device_for, dist_info, full, leave_process_group, like, shard_decoder
+from ..model import _bf16_autocast
+from .batches import StepBatches, Tokenized, cached_tokenize, collate, default_cache_dir, fits, raw_passages, to_device, tokenize  # noqa: F401
+from .data import Sample, TrainData, build_data
+from .distributed import (Parallel, decoder_layers, device_for, dist_info, full, leave_process_group, like, move_all_but,
+                          shard_decoder)
 
 STATE_NAME, OPTIM_NAME = "trainer_state.json", "optimizer.safetensors"
 
 
 # --------------------------------------------------------------------------- the loss
 class ObjectiveLoss(nn.Module):
-    """Per-sample summed cross-entropy and target-token counts for a list of samples.
+    """Per-sample summed cross-entropy and target-token counts, for a collated batch
+    (e2llm.train.batches) or a list of samples (tokenized here, the same way).
 
     An nn.Module so DDP can wrap it: the engine is held, not subclassed."""
 
@@ -53,32 +56,60 @@ class ObjectiveLoss(nn.Module):
         self.min_spread = min_spread
         self.spread_penalty = None  # max(0, min_spread - spread) of the last call's soft prompts, when asked for
 
-    def forward(self, samples: Sequence[Sample], with_context: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    def collate(self, samples: Sequence[Sample], with_context: bool = True) -> dict:
         """with_context=False: the same prompts and targets without the soft prompts (a baseline)."""
+        tok = tokenize(self.engine, samples, with_context)
+        return collate(tok, range(len(samples)), *pad_ids(self.engine))
+
+    def forward(self, batch: dict | Sequence[Sample], with_context: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         e = self.engine
-        chunk_lists = e.chunk_many([s.context for s in samples]) if with_context else [[] for _ in samples]
-        texts = [c.text for cl in chunk_lists for c in cl]
-        encoder_grad = self.reason_trains_encoder or any(s.kind == "recon" for s in samples)
-        vectors = e.soft_prompts(texts, encoder_grad) if texts else None  # (sum N, k, Dd), with grad
+        if not isinstance(batch, dict):
+            batch = to_device(self.collate(batch, with_context), e.device)
+        encoder_grad = self.reason_trains_encoder or batch["has_recon"]
+        vectors = encode_ids(e, batch["enc_ids"], batch["enc_mask"], encoder_grad) if batch["enc_ids"].numel() else None  # (n, k, Dd)
         self.spread_penalty = None
         if self.min_spread and vectors is not None and len(vectors) > 1 and torch.is_grad_enabled():
             self.spread_penalty = (self.min_spread - spread(vectors)).clamp(min=0)
-        pieces, start = [], 0
-        for s, cl in zip(samples, chunk_lists):
-            groups = SoftPrompts(vectors[start:start + len(cl)], cl).groups() if cl else []
-            start += len(cl)
-            ids = e.layout.ids(s.prompt, raw_passages(e, s, cl))
-            pieces.append(e.layout.pieces(ids, groups, e.layout.answer_ids(s.answer)))
-        # Left padding ends every answer at the last position, so only the last positions need
-        # logits: (B, longest answer, V) instead of (B, T, V), which is most of a step's memory.
-        batch = splice(pieces, e._decoder_base.get_input_embeddings(), pad_left=True)
-        labels = batch.labels[:, 1:]  # position t predicts token t + 1
-        first = int((labels != IGNORE_INDEX).any(0).nonzero()[0])  # earliest predicting position
-        target = labels[:, first:]  # (B, n)
-        logits = e.decoder(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
-                           position_ids=batch.position_ids, logits_to_keep=target.shape[1] + 1).logits[:, :-1]  # (B, n, V)
+        # inputs_embeds as splice() builds them: token embeddings, soft tokens in their slots, zero padding
+        embeds = e._decoder_base.get_input_embeddings()(batch["dec_ids"])  # (B, T, Dd)
+        if vectors is not None:
+            soft = batch["soft_index"]  # (B, T) index into the n * k soft tokens, -1 elsewhere
+            flat = vectors.flatten(0, 1).to(embeds.dtype)  # (n * k, Dd)
+            embeds = torch.where((soft >= 0).unsqueeze(-1), flat[soft.clamp(min=0)], embeds)
+        mask = batch["attention_mask"]  # (B, T), left-padded: every answer ends at the last position
+        embeds = embeds * mask.unsqueeze(-1).to(embeds.dtype)
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        # Only the answer span needs logits: (B, longest answer, V) instead of (B, T, V), which is
+        # most of a step's memory. Position t predicts token t + 1.
+        n = batch["max_answer"]
+        target = batch["labels"][:, -n:]  # (B, n)
+        logits = e.decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids,
+                           logits_to_keep=n + 1).logits[:, :-1]  # (B, n, V)
         ce = F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), ignore_index=IGNORE_INDEX, reduction="none")
         return ce.view(target.shape).sum(1), (target != IGNORE_INDEX).sum(1)  # (B,), (B,)
+
+
+def encode_ids(engine: E2LLM, ids: torch.Tensor, mask: torch.Tensor, grad: bool = True) -> torch.Tensor:
+    """(n, k, Dd) soft prompts from pre-tokenized chunks (n, L), as ``E2LLM.soft_prompts`` makes
+    them from texts: bounded encoder batches, bf16 autocast where the encoder runs without gradients."""
+    bs = engine.config.encoder.chunks_per_batch
+    grad = grad and torch.is_grad_enabled()
+    fast = engine.autocast_encoder and not grad
+    precision = _bf16_autocast(engine.device, next(engine.encoder.parameters()).dtype) if fast else contextlib.nullcontext()
+    dtype = next(engine.adapter.parameters()).dtype
+    outs = []
+    with engine.lock:
+        for i in range(0, len(ids), bs):
+            with precision, torch.set_grad_enabled(grad):
+                states = engine.encoder(input_ids=ids[i:i + bs], attention_mask=mask[i:i + bs]).last_hidden_state
+            outs.append(engine.adapter(states.to(dtype), mask[i:i + bs]))
+    return torch.cat(outs)
+
+
+def pad_ids(engine: E2LLM) -> tuple[int, int, bool]:
+    """(encoder pad id, decoder pad id, encoder pads on the left) for ``collate``."""
+    enc = engine.encoder_tokenizer
+    return int(enc.pad_token_id or 0), int(engine.decoder_tokenizer.pad_token_id), enc.padding_side == "left"
 
 
 @torch.no_grad()
@@ -96,21 +127,6 @@ def mean_spread(engine: E2LLM, samples: Sequence[Sample]) -> float:
     """The spread (``soft_prompt_spread``) of the soft prompts of ``samples``' contexts, each
     read as one chunk: near 0 when the adapter gives every chunk the same vector."""
     return soft_prompt_spread(engine.soft_prompts([s.context for s in samples]))
-
-
-def raw_passages(engine: E2LLM, s: Sample, chunks) -> list[str]:
-    return list(s.raw_texts) + [chunks[i].text for i in engine.raw_chunk_indices(s.prompt, chunks, s.raw_top_n)]
-
-
-def fits_window(engine: E2LLM, s: Sample, chunks, ids) -> bool:
-    """Whether the sample fits the decoder window, given its chunks and prompt ids (the caller
-    computes both in bulk). Hybrid samples are bounded by their longest chunks instead of
-    running retrieval here (that would encode every chunk at start-up)."""
-    longest = sorted((len(c.text) for c in chunks), reverse=True)[: s.raw_top_n]
-    raw_bound = sum(longest) + 4 * s.raw_top_n  # a decoder token covers at least one character
-    total = (PromptLayout.num_tokens(ids, len({c.doc_index for c in chunks})) + raw_bound
-             + len(chunks) * engine.config.adapter.tokens_per_chunk + len(engine.layout.answer_ids(s.answer)))
-    return total <= engine.window_tokens
 
 
 # --------------------------------------------------------------------------- set-up
@@ -198,19 +214,27 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, engine: E2LLM | None = None, data: TrainData | None = None):
         self.cfg = cfg
         joined_before = dist.is_initialized()
-        self.rank, self.world = dist_info()
+        self.rank, self.world = dist_info()  # on GPUs: each process on its local rank's GPU from here on
         self.owns_process_group = dist.is_initialized() and not joined_before  # joined here: train() leaves it
-        self.device = device_for(cfg.device, self.rank)
+        self.device = device_for(cfg.device)
         torch.manual_seed(cfg.seed)
-        if engine is None:
+        if engine is None:  # built on the CPU: FSDP moves the decoder to the GPU a layer at a time
             dt = cfg.optim.backbone_dtype
             engine = E2LLM.from_pretrained(cfg.init_from, dtype=dt) if cfg.init_from else E2LLM.build(cfg.model, dtype=dt)
-        self.engine = engine.to(self.device)
+        self.engine = engine
+        fsdp = dist.is_initialized() and cfg.parallelism == "fsdp"
+        if fsdp:  # everything but the decoder's layers now; shard_decoder moves each layer as it splits it
+            move_all_but(self.engine, decoder_layers(self.engine._decoder_base), self.device)
+        else:
+            self.engine.to(self.device)
         self.groups = set_trainable(self.engine, cfg.trainable)
         for g in self.groups:  # trained tensors and their optimizer state in float32, whatever the backbones
             for p in g["params"]:
                 p.data = p.data.float()
-        if self.world > 1 and cfg.parallelism == "fsdp":  # replaces the decoder's parameters: collect them after
+        if cfg.optim.gradient_checkpointing:  # recompute the decoder's activations in backward: bigger batches fit
+            # TODO(merge): the engine gains a method for this; until then the decoder's own HF switch
+            self.engine._decoder_base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if fsdp:  # replaces the decoder's parameters: collect them after
             bf16 = self.engine._decoder_base.get_input_embeddings().weight.dtype == torch.bfloat16
             units = shard_decoder(self.engine._decoder_base, self.world, self.device, torch.bfloat16 if bf16 else None)
             if self.rank == 0:
@@ -220,71 +244,64 @@ class Trainer:
             raise InputError(f"optim.batch_size / grad_accum ({cfg.optim.batch_size} / {cfg.optim.grad_accum}) must be at least "
                              f"the number of processes ({self.world}) so every process gets samples")
         data = data or build_data(cfg.data, self.engine.config.prompt.reconstruct_question)
-        self.data = self._filter(data)
+        self._tokenize(data)
         self.run_dir = Path(cfg.output_dir)
         self.decoder_lora = [p for n, p in self.engine.named_parameters() if p.requires_grad and n.startswith("decoder.")]
         self.loss_fn = ObjectiveLoss(self.engine, cfg.objective.reason_trains_encoder, cfg.objective.min_spread)
         self.model = Parallel(self.loss_fn, cfg.parallelism, self.world, self.device,
                               partial_graphs=not cfg.objective.reason_trains_encoder)
-        o = cfg.optim
+        o, ob = cfg.optim, cfg.objective
+        self.batches = StepBatches(self.recon_tok, self.reason_tok, o.batch_size, o.grad_accum, cfg.seed, ob.recon_weight,
+                                   ob.recon_only_steps if ob.reason else None,
+                                   not (ob.recon_trains_decoder and ob.reason_trains_encoder),  # kinds in separate micro-batches
+                                   self.rank, self.world, *pad_ids(self.engine))
         self.opt = torch.optim.AdamW([dict(g, lr=(o.adapter_lr or o.lr) if g["name"] == "adapter" else o.lr) for g in self.groups],
                                      lr=o.lr, weight_decay=o.weight_decay)
         self.base_lrs = [g["lr"] for g in self.opt.param_groups]
+        amp = o.autocast == "bf16" or (o.autocast == "auto" and torch.device(self.device).type == "cuda")
+        # bf16 matmuls over float32 master weights (LoRA, adapter, optimizer state stay float32)
+        self.autocast = (lambda: torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16)) if amp else contextlib.nullcontext
 
-    def _filter(self, data: TrainData) -> TrainData:
-        def keep(samples, what):
-            kept, prompt_ids = [], {}  # reconstruction samples all share one prompt: template it once
-            for i in range(0, len(samples), 256):  # chunked in batches: one tokenizer call each
-                part = samples[i:i + 256]
-                for s, chunks in zip(part, self.engine.chunk_many([s.context for s in part])):
-                    key = (s.prompt, s.raw_texts)
-                    if key not in prompt_ids:
-                        prompt_ids[key] = self.engine.layout.ids(s.prompt, s.raw_texts)
-                    if fits_window(self.engine, s, chunks, prompt_ids[key]):
-                        kept.append(s)
-            if len(kept) < len(samples) and self.rank == 0:
-                print(f"e2llm train: skipped {len(samples) - len(kept)} {what} samples longer than the decoder window "
-                      f"({self.engine.window_tokens} tokens)")
-            return kept
+    def _tokenize(self, data: TrainData) -> None:
+        """Tokenize and chunk the training samples once (read from the disk cache when this data,
+        these tokenizers and this chunking were seen before), and drop samples whose decoder
+        sequence exceeds the window. The first process writes the cache; the others then read it."""
+        cache = self.cfg.data.cache_dir
+        cache = None if cache == "off" else (cache or default_cache_dir())
+        window = self.engine.window_tokens
 
-        return TrainData(keep(data.reason_train, "reasoning"), keep(data.reason_val, "reasoning validation"),
-                         keep(data.recon_train, "reconstruction"), keep(data.recon_val, "reconstruction validation"))
+        def keep(samples, what, tok: Tokenized | None = None):
+            tok = tok if tok is not None else tokenize(self.engine, samples)
+            rows = fits(tok, window)
+            if len(rows) < len(samples) and self.rank == 0:
+                print(f"e2llm train: skipped {len(samples) - len(rows)} {what} samples longer than the decoder window "
+                      f"({window} tokens)")
+            return [samples[i] for i in rows], (tok.select(rows) if len(rows) < len(samples) else tok)
+
+        toks = {}
+        for turn in ((0,) if self.world == 1 else (0, 1)):  # the first process fills the cache, then the rest read it
+            if (self.rank == 0) == (turn == 0):
+                for name in ("recon_train", "reason_train"):
+                    toks[name], hit = cached_tokenize(self.engine, getattr(data, name), cache, write=self.rank == 0)
+                    if self.rank == 0 and cache is not None:
+                        print(f"e2llm train: {name} tokenized {'(from the cache)' if hit else '(cached for next time)'}")
+            if self.world > 1:
+                dist.barrier()
+        recon_train, self.recon_tok = keep(data.recon_train, "reconstruction", toks["recon_train"])
+        reason_train, self.reason_tok = keep(data.reason_train, "reasoning", toks["reason_train"])
+        self.data = TrainData(reason_train, keep(data.reason_val, "reasoning validation")[0],
+                              recon_train, keep(data.recon_val, "reconstruction validation")[0])
 
     def _step_samples(self, step: int) -> list[Sample]:
-        cfg, d = self.cfg, self.data
-        bs = cfg.optim.batch_size
-        out = [d.recon_train[i] for i in sample_indices(len(d.recon_train), step, bs, cfg.seed, "recon")]
-        if cfg.objective.reason and step >= cfg.objective.recon_only_steps:
-            out += [d.reason_train[i] for i in sample_indices(len(d.reason_train), step, bs, cfg.seed, "reason")]
-        return out
+        """The step's samples (all processes'), reconstruction first: what StepBatches collates."""
+        return [(self.data.recon_train if kind == 0 else self.data.reason_train)[i] for kind, i in self.batches.step_rows(step)]
 
-    def _micro_batches(self, samples: Sequence[Sample]) -> list[list[int]]:
-        """Sample indices per micro-batch, each of similar length (padding to the longest sample
-        is what costs here). Where the objectives reach different parameters (without
-        recon_trains_decoder or reason_trains_encoder), reconstruction samples get their own
-        micro-batches, first: their gradient can be kept from the decoder's LoRA, and QA
-        micro-batches can skip the encoder's backward pass."""
-        micro = math.ceil(len(samples) / self.cfg.optim.grad_accum)
-        by_length = lambda idx: sorted(idx, key=lambda i: self._approx_tokens(samples[i]))  # noqa: E731
-        if self.cfg.objective.recon_trains_decoder and self.cfg.objective.reason_trains_encoder:
-            groups = [by_length(range(len(samples)))]
-        else:
-            groups = [by_length([i for i, s in enumerate(samples) if s.kind == kind]) for kind in ("recon", "reason")]
-        return [g[i:i + micro] for g in groups for i in range(0, len(g), micro)]
-
-    def _weights(self, samples: Sequence[Sample]) -> torch.Tensor:
-        """Per-sample loss weights: objective weight / that objective's global target tokens."""
-        lam = self.cfg.objective.recon_weight
-        tokens = {"recon": 0, "reason": 0}
-        for s in samples:
-            tokens[s.kind] += len(self.engine.layout.answer_ids(s.answer))
-        return torch.tensor([(lam if s.kind == "recon" else 1.0) / tokens[s.kind] for s in samples])
-
-    def _approx_tokens(self, s: Sample) -> int:
-        """Decoder positions a sample takes, roughly (characters / 4), for length bucketing."""
-        chars_per_soft = 4 * self.engine.config.chunking.tokens_per_chunk / self.engine.config.adapter.tokens_per_chunk
-        raw_chars = sum(map(len, s.raw_texts)) + s.raw_top_n * 4 * self.engine.config.chunking.tokens_per_chunk
-        return int((len(s.prompt) + len(s.answer) + raw_chars) / 4 + len(s.context) / chars_per_soft)
+    def _loader(self, start: int):
+        """Steps start.. as collated micro-batches, computed ahead by DataLoader workers."""
+        workers = self.cfg.data.num_workers
+        return torch.utils.data.DataLoader(self.batches, batch_size=None, sampler=range(start, self.cfg.optim.max_steps),
+                                           num_workers=workers, prefetch_factor=4 if workers else None,
+                                           pin_memory=torch.device(self.device).type == "cuda")
 
     def _resume(self) -> int:
         ck = latest_checkpoint(self.run_dir)
@@ -326,29 +343,28 @@ class Trainer:
         t_start = time.perf_counter()
         nonfinite_run = nonfinite_total = 0
         bar = tqdm(range(start, o.max_steps), initial=start, total=o.max_steps, desc="train", disable=self.rank != 0)
-        for step in bar:
-            t0 = time.perf_counter()
+        t0 = time.perf_counter()  # a step's time includes waiting for its batch
+        for step, parts in zip(bar, self._loader(start)):
             for g, base in zip(self.opt.param_groups, self.base_lrs):
                 g["lr"] = base * lr_at(step, cfg)
-            samples = self._step_samples(step)
-            weights = self._weights(samples)
-            sums = torch.zeros(5)  # ce recon, tokens recon, ce reason, tokens reason, spread penalty (this process)
-            parts = self._micro_batches(samples)
-            for j, idx in enumerate(parts):
-                mine = idx[self.rank::self.world]
-                sync = j == len(parts) - 1
-                with self.model.no_sync(skip=not sync):
-                    ce, count = self.model([samples[i] for i in mine])
-                    loss = (ce * weights[mine].to(ce.device)).sum() * self.world  # DDP averages: undo the /world
+            # ce recon, tokens recon, ce reason, tokens reason, spread penalty (this process), on the
+            # model's device: no host sync per micro-batch, and NCCL reduces only GPU tensors
+            sums = torch.zeros(5, device=self.device)
+            for j, part in enumerate(parts):
+                if part is None:  # this process has no sample in this micro-batch
+                    continue
+                batch = to_device(part, self.device)
+                with self.model.no_sync(skip=j < len(parts) - 1), self.autocast():
+                    ce, count = self.model(batch)
+                    loss = (ce * batch["weight"]).sum() * self.world  # DDP averages: undo the /world
                     if self.loss_fn.spread_penalty is not None:  # a mean over micro-batches (and, by DDP, processes)
                         loss = loss + cfg.objective.spread_weight * self.loss_fn.spread_penalty / len(parts)
-                        sums[4] += float(self.loss_fn.spread_penalty.detach()) / len(parts)
+                        sums[4] += self.loss_fn.spread_penalty.detach() / len(parts)
                 loss.backward()
-                for c, n, i in zip(ce.detach().cpu(), count.cpu(), mine):
-                    k = 0 if samples[i].kind == "recon" else 2
-                    sums[k] += c
-                    sums[k + 1] += n
-                if not cfg.objective.recon_trains_decoder and all(samples[i].kind == "recon" for i in idx):
+                recon = (batch["kind"] == 0).to(ce.dtype)  # (B,)
+                ce = ce.detach()
+                sums[:4] += torch.stack([(ce * recon).sum(), (count * recon).sum(), (ce * (1 - recon)).sum(), (count * (1 - recon)).sum()])
+                if not cfg.objective.recon_trains_decoder and not part["has_reason"]:
                     for p in self.decoder_lora:  # recon parts come first: drop what they gave the decoder
                         p.grad = None
             params = [p for g in self.groups for p in g["params"]]
@@ -365,8 +381,7 @@ class Trainer:
                                         f"inf gradients; lower optim.lr / optim.adapter_lr, or train the backbones in float32 "
                                         f"(optim.backbone_dtype); the last good checkpoint is {ck or 'none yet'}")
             self.opt.zero_grad(set_to_none=True)
-            if self.world > 1:
-                dist.all_reduce(sums)
+            sums = self.model.all_reduce(sums).cpu()
             tok_s = float(sums[1] + sums[3]) / (time.perf_counter() - t0)
             rec = {"step": step + 1, "lr": self.opt.param_groups[0]["lr"], "grad_norm": float(grad_norm), "tokens_per_s": round(tok_s, 1),
                    "elapsed_s": round(time.perf_counter() - t_start, 2)}  # since this process began training
@@ -391,6 +406,7 @@ class Trainer:
                 if self.rank == 0:
                     _prune(self.run_dir, cfg.keep_last)
                 self._barrier()
+            t0 = time.perf_counter()
         final = self.run_dir / "model"
         tensors = whole_trained_state(self.engine)
         if self.rank == 0:
@@ -400,7 +416,7 @@ class Trainer:
         return final
 
     def _barrier(self) -> None:
-        if self.world > 1:
+        if dist.is_initialized():
             dist.barrier()
 
     @torch.no_grad()

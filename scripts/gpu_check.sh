@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The prepared accelerator check (issue 20, part 7): on a machine with one NVIDIA GPU, in well under
+# 8 minutes: the tiny models on CUDA in bf16, a world-size-1 NCCL DDP run, FSDP2 with the decoder
+# sharded, and a reconstruction + QA step's throughput on the real default models; one JSON report.
+# On a CPU it runs every part there (gloo, float32) and the report says the CUDA parts were skipped.
+#
+#   bash scripts/gpu_check.sh [OUT_DIR]          # default: $OUT on the device machine, else build/
+#
+# On the device machine (no network, python3 with torch there): e2llm's own code runs from core/
+# (PYTHONPATH); its few missing packages come as wheels (carry build/gpu-carry/wheels, made by
+# scripts/gpu_train.sh pack, or run gpu_train.sh setup first), and the real models as the parts
+# gpu_train.sh receives; without the models the profile part fails alone, saying so.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out="${1:-${OUT:-build}}"
+mkdir -p "$out"
+PY=python3
+[ -x .venv/bin/python ] && PY=.venv/bin/python
+if ! $PY -c "import pydantic" 2>/dev/null && ls build/gpu-carry/wheels/*.whl >/dev/null 2>&1; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/e2llm-site build/gpu-carry/wheels/*.whl || exit 1
+fi
+[ -d /tmp/e2llm-site ] && export PYTHONPATH="/tmp/e2llm-site${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$PWD/core:$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+[ -d /tmp/e2llm-models/cache ] && export E2LLM_CACHE=/tmp/e2llm-models/cache  # the decoder, converted (gpu_train.sh)
+[ -d /tmp/e2llm-models/site ] && export PYTHONPATH="/tmp/e2llm-models/site:$PYTHONPATH"  # the encoder package
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+exec timeout 470 $PY scripts/gpu_check.py --out "$out/gpu_check.json" "${@:2}"
