@@ -465,6 +465,11 @@ def test_cli_errors(tmp_path):
     bad.write_text('{"context": "x", "input": "q", "answers": ["a"]}\n{"context": \n')
     _one_line_error(*_cli("eval", "--data", bad, "--output", tmp_path / "o")[::2], f"{bad}:2:")
     _one_line_error(*_cli("eval", "--data", tmp_path / "nope.jsonl", "--output", tmp_path / "o")[::2], "no such file")
+    _one_line_error(*_cli("eval", "--docs", tmp_path / "nope", "--output", tmp_path / "o")[::2], "no such folder")
+    _one_line_error(*_cli("eval", "--docs", tmp_path, "--data", bad, "--output", tmp_path / "o")[::2], "--docs and --data")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "latin1.txt").write_bytes("caf\xe9 ".encode("latin-1") * 100)
+    _one_line_error(*_cli("eval", "--docs", tmp_path / "docs", "--output", tmp_path / "o")[::2], "not valid UTF-8")
 
 
 def test_cli_runs_on_data(tiny_backbones, tmp_path):
