@@ -220,6 +220,37 @@ def test_controls_read_hybrids_raw_chunks(tiny_engine, monkeypatch):
         run_system(tiny_engine, "e2llm_swapped", item.question, item.context, alone, settings)
 
 
+def test_soft_prompts_max_tokens_reads_the_raw_chunks_alone_beyond_it(tiny_engine):
+    """Hybrid reading of a document longer than config.soft_prompts_max_tokens reads hybrid's raw
+    chunks without soft prompts (the e2llm_raw control's prompt, token for token); shorter
+    documents and compressed-only reading keep their soft prompts; eval's cache tells them apart."""
+    from e2llm.eval.runner import Checkpoint, settings_signature
+
+    item = _item(words=400)
+    settings = SystemSettings(max_new_tokens=3)
+    prepared = prepare_item(tiny_engine, item.context, SYSTEMS)
+    context_tokens = sum(c.num_tokens for c in prepared.chunks)
+    ck = Checkpoint("k", tiny_engine, "src", identity="tiny")
+    before = settings_signature("e2llm_hybrid", ck, "k", settings)
+    try:
+        tiny_engine.config.soft_prompts_max_tokens = context_tokens  # not beyond: soft prompts read
+        within = run_system(tiny_engine, "e2llm_hybrid", item.question, item.context, prepared, settings)
+        tiny_engine.config.soft_prompts_max_tokens = context_tokens - 1
+        beyond = run_system(tiny_engine, "e2llm_hybrid", item.question, item.context, prepared, settings)
+        raw = run_system(tiny_engine, "e2llm_raw", item.question, item.context, prepared, settings)
+        compressed = run_system(tiny_engine, "e2llm", item.question, item.context, prepared, settings)
+        from_text = tiny_engine.generate(item.question, item.context, raw_top_n=2, max_new_tokens=3, return_result=True)
+        after = settings_signature("e2llm_hybrid", ck, "k", settings)
+    finally:
+        tiny_engine.config.soft_prompts_max_tokens = None
+    assert within.soft_tokens == prepared.soft.num_soft_tokens > 0
+    assert beyond.soft_tokens == 0 and beyond.raw_chunks == raw.raw_chunks == within.raw_chunks
+    assert (beyond.prompt_tokens, beyond.text) == (raw.prompt_tokens, raw.text)
+    assert compressed.soft_tokens == within.soft_tokens  # raw_top_n = 0: not hybrid, soft prompts kept
+    assert from_text.soft_tokens == 0 and from_text.text == raw.text
+    assert before != after and before == settings_signature("e2llm_hybrid", ck, "k", settings)
+
+
 def test_swapped_reads_another_document_of_the_same_cell():
     from e2llm.eval.runner import other_item
 
