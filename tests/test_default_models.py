@@ -144,3 +144,27 @@ def test_shipped_default_answers_on_unseen_text(default_engine, tmp_path):
     answers = pinned_answers(default_engine, items)
     right = sum(s for _, _, s in answers)
     assert right >= PINNED_MEASURED - PINNED_MARGIN, f"{right}/12 right, pinned {PINNED_MEASURED} - {PINNED_MARGIN}: {answers}"
+
+
+if __name__ == "__main__":  # measure PINNED_MEASURED: python tests/test_default_models.py [bf16|fp32] [hybrid|raw|default]
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    import e2llm.model as model_module
+
+    path = sys.argv[1] if len(sys.argv) > 1 else "bf16"
+    mode = sys.argv[2] if len(sys.argv) > 2 else "default"
+    engine = E2LLM.from_pretrained("default")
+    if path == "fp32":  # the encoder and the ranking without bf16 autocast
+        engine.autocast_encoder = False
+        model_module._cpu_has_bf16 = lambda: False
+    if mode == "hybrid":  # soft prompts at every length, as shipped before soft_prompts_max_tokens
+        engine.config.soft_prompts_max_tokens = None
+    elif mode == "raw":  # the raw top-n chunks alone at every length
+        engine.config.soft_prompts_max_tokens = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        answers = pinned_answers(engine, pinned_items(engine, Path(tmp) / "licences"))
+    for item_id, text, right in answers:
+        print(f"{right:.0f} {item_id}: {text!r}")
+    print(f"{path} {mode}: {sum(s for _, _, s in answers):.0f}/12 right")
