@@ -93,8 +93,9 @@ PINNED_LICENCES = ("Apache-2.0", "Artistic", "BSD", "CC0-1.0", "GFDL-1.2", "GFDL
 PINNED_LENGTHS = (4096, 12288)  # decoder tokens per document
 # Measured 2026-12-02 on the 2-core CPU of this project's machines (docs/defaults.md has the
 # command): 9 of 12 right on the bf16-autocast path (this CPU's default: oneDNN has bf16
-# matmuls), and 9 of 12 on the fp32 path, with the same 12 answers. The 4K documents are read with soft prompts,
-# the 12K ones (beyond soft_prompts_max_tokens) with the 3 raw chunks alone.
+# matmuls), and 9 of 12 on the fp32 path, with the same 12 answers. The 4K documents are
+# read with soft prompts, the 12K ones (beyond soft_prompts_max_tokens) with the 3 raw chunks
+# alone.
 PINNED_MEASURED = 9
 # Greedy decoding is deterministic on one machine, but the bf16 and fp32 paths and other CPUs'
 # kernels change the last bits of the chunk encodings and the ranking, which can move a chunk
