@@ -8,8 +8,9 @@ from e2llm.eval import metrics
 from e2llm.eval.report import aggregate, markdown_table, quality_targets, write_report
 from e2llm.eval.runner import BASE_LABEL, Checkpoint, ResultStore, plan_jobs, run_eval
 from e2llm.eval.systems import NA_WINDOW, SYSTEMS, SystemSettings, prepare_item, run_system, select_rag_chunks
+from e2llm.errors import InputError
 from e2llm.eval.tasks import EvalItem, format_length, length_bucket, load_dataset, parse_length
-from e2llm.train.corpus import DataError
+from e2llm.train import DataError
 
 SENTENCES = ("The quick brown fox jumps over the lazy dog. A long document is split into chunks of text. "
              "Each chunk is encoded into one soft prompt vector. The decoder reads the soft prompts and the question. ")
@@ -94,6 +95,59 @@ def test_synthetic_items_deterministic_and_held_out():
     assert c[0].content_hash != [i for i in a if i.task == "two_chunk"][0].content_hash
 
 
+def _write_docs(folder, count=6, words=400):
+    """A folder of small real-looking documents of another kind (changelog entries)."""
+    folder.mkdir()
+    for n in range(count):
+        lines = [f"Release {n}.{i}: fixed the parser when the input ended early; updated the build scripts "
+                 f"and the translations for module{n}-{i}." for i in range(words // 20)]
+        (folder / f"changelog-{n}.txt").write_text("\n\n".join(lines))
+    return folder
+
+
+def test_docs_folder_builds_the_tasks_and_rewords_the_fact(tmp_path):
+    from e2llm.eval.tasks import REWORDINGS, folder_documents, synthetic_items
+
+    docs = folder_documents(_write_docs(tmp_path / "docs"))
+    assert len(docs) == 6 and all(d.doc_id.startswith("file:changelog-") for d in docs)
+    items, skipped = synthetic_items(["single_fact", "reworded_fact", "two_chunk"], [600], [0.5], 3,
+                                     tokens_per_word=1.5, docs=docs)
+    assert not skipped and {i.task for i in items} == {"single_fact", "reworded_fact", "two_chunk"}
+    assert all(d.startswith("file:changelog-") for i in items for d in i.meta["doc_ids"])
+    plain = [i for i in items if i.task == "single_fact"]
+    reworded = [i for i in items if i.task == "reworded_fact"]
+    for m, (a, b) in enumerate(zip(plain, reworded)):  # the same needle and haystack, other words
+        assert a.answers == b.answers and b.answers[0] in b.context and b.depth == a.depth
+        assert not b.question.startswith("What is the ") and b.question != a.question
+        template = f"is {a.answers[0]}."  # the training template ends "... of the <entity> is <value>."
+        assert template in a.context and template not in b.context
+        assert REWORDINGS[m % len(REWORDINGS)][0].split("{")[0] in b.context
+    with pytest.raises(InputError, match="no such folder"):
+        folder_documents(tmp_path / "missing")
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "a.txt").write_text("x " * 300)
+    with pytest.raises(InputError, match="1 document"):
+        folder_documents(tmp_path / "one")
+
+
+def test_eval_and_train_meet_only_through_public_names():
+    """e2llm.eval imports from the e2llm.train package (its __init__), never from its modules,
+    and train never imports e2llm.eval's modules: the two change independently."""
+    import ast
+    from pathlib import Path
+
+    import e2llm
+
+    root = Path(e2llm.__file__).parent
+    for package, other in (("eval", "train"), ("train", "eval")):
+        for path in (root / package).glob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.module:
+                    name = "." * node.level + node.module
+                    assert not name.startswith(f"..{other}."), f"{path.name} imports {name}: use e2llm.{other}'s public names"
+                    assert not name.startswith(f"e2llm.{other}."), f"{path.name} imports {name}"
+
+
 # ---------------------------------------------------------------------------------- systems
 
 
@@ -136,6 +190,75 @@ def test_rag_reads_about_what_e2llm_reads(tiny_engine):
     assert wide.rag_budget_tokens == e2.soft_tokens + raw_tokens and wide.soft_tokens == 0
     assert set(order[:2]) <= set(wide.raw_chunks) and len(wide.raw_chunks) > len(picked)
     assert sum(tokens[i] for i in wide.raw_chunks) >= wide.rag_budget_tokens
+
+
+def test_controls_read_hybrids_raw_chunks(tiny_engine, monkeypatch):
+    """e2llm_raw and rag_top_n read exactly hybrid's raw chunks and no soft prompts (tuned and
+    plain decoder); e2llm_swapped reads them with another document's soft prompts."""
+    item, other = _item(words=400), _item("q2", words=200, answer="1234567")
+    settings = SystemSettings(max_new_tokens=3)
+    prepared = prepare_item(tiny_engine, item.context, SYSTEMS, other.context)
+    assert prepared.other_soft is not None and prepared.other_soft.num_chunks != prepared.soft.num_chunks
+    lora_states = []
+    import e2llm.eval.systems as systems_module
+
+    real = systems_module.decoder_lora
+    monkeypatch.setattr(systems_module, "decoder_lora", lambda engine, enabled: (lora_states.append(enabled),
+                                                                                  real(engine, enabled))[1])
+    out = {s: run_system(tiny_engine, s, item.question, item.context, prepared, settings)
+           for s in ("e2llm_hybrid", "e2llm_raw", "rag_top_n", "e2llm_swapped", "none")}
+    assert lora_states == [True, True, False, True, False]
+    hybrid = out["e2llm_hybrid"]
+    assert len(hybrid.raw_chunks) == 2
+    for name in ("e2llm_raw", "rag_top_n", "e2llm_swapped"):
+        assert out[name].raw_chunks == hybrid.raw_chunks, name
+    assert out["e2llm_raw"].soft_tokens == out["rag_top_n"].soft_tokens == 0
+    assert out["e2llm_raw"].prompt_tokens == hybrid.prompt_tokens  # same passages, same prompt, minus the soft ones
+    assert out["e2llm_swapped"].soft_tokens == prepared.other_soft.num_soft_tokens
+    alone = prepare_item(tiny_engine, item.context, ["e2llm_swapped"])
+    with pytest.raises(ValueError, match="other_context"):
+        run_system(tiny_engine, "e2llm_swapped", item.question, item.context, alone, settings)
+
+
+def test_soft_prompts_max_tokens_reads_the_raw_chunks_alone_beyond_it(tiny_engine):
+    """Hybrid reading of a document longer than config.soft_prompts_max_tokens reads hybrid's raw
+    chunks without soft prompts (the e2llm_raw control's prompt, token for token); shorter
+    documents and compressed-only reading keep their soft prompts; eval's cache tells them apart."""
+    from e2llm.eval.runner import Checkpoint, settings_signature
+
+    item = _item(words=400)
+    settings = SystemSettings(max_new_tokens=3)
+    prepared = prepare_item(tiny_engine, item.context, SYSTEMS)
+    context_tokens = sum(c.num_tokens for c in prepared.chunks)
+    ck = Checkpoint("k", tiny_engine, "src", identity="tiny")
+    before = settings_signature("e2llm_hybrid", ck, "k", settings)
+    try:
+        tiny_engine.config.soft_prompts_max_tokens = context_tokens  # not beyond: soft prompts read
+        within = run_system(tiny_engine, "e2llm_hybrid", item.question, item.context, prepared, settings)
+        tiny_engine.config.soft_prompts_max_tokens = context_tokens - 1
+        beyond = run_system(tiny_engine, "e2llm_hybrid", item.question, item.context, prepared, settings)
+        raw = run_system(tiny_engine, "e2llm_raw", item.question, item.context, prepared, settings)
+        compressed = run_system(tiny_engine, "e2llm", item.question, item.context, prepared, settings)
+        from_text = tiny_engine.generate(item.question, item.context, raw_top_n=2, max_new_tokens=3, return_result=True)
+        after = settings_signature("e2llm_hybrid", ck, "k", settings)
+    finally:
+        tiny_engine.config.soft_prompts_max_tokens = None
+    assert within.soft_tokens == prepared.soft.num_soft_tokens > 0
+    assert beyond.soft_tokens == 0 and beyond.raw_chunks == raw.raw_chunks == within.raw_chunks
+    assert (beyond.prompt_tokens, beyond.text) == (raw.prompt_tokens, raw.text)
+    assert compressed.soft_tokens == within.soft_tokens  # raw_top_n = 0: not hybrid, soft prompts kept
+    assert from_text.soft_tokens == 0 and from_text.text == raw.text
+    assert before != after and before == settings_signature("e2llm_hybrid", ck, "k", settings)
+
+
+def test_swapped_reads_another_document_of_the_same_cell():
+    from e2llm.eval.runner import other_item
+
+    items = [_item("a", 60), _item("b", 80, task="two_chunk"), _item("c", 200), _item("d", 300, length=2048)]
+    assert other_item(items, 0).item_id == "c" and other_item(items, 2).item_id == "a"  # same task and length
+    assert other_item(items, 1).item_id == "c"  # else the same length, another document
+    assert other_item(items, 3).item_id == "a"  # else any other document
+    assert other_item(items[:1], 0).item_id == "a"  # nothing else: itself
 
 
 def test_hybrid_reads_as_many_raw_chunks_as_the_checkpoint_ships_with(tiny_engine):
@@ -373,6 +496,11 @@ def test_cli_errors(tmp_path):
     bad.write_text('{"context": "x", "input": "q", "answers": ["a"]}\n{"context": \n')
     _one_line_error(*_cli("eval", "--data", bad, "--output", tmp_path / "o")[::2], f"{bad}:2:")
     _one_line_error(*_cli("eval", "--data", tmp_path / "nope.jsonl", "--output", tmp_path / "o")[::2], "no such file")
+    _one_line_error(*_cli("eval", "--docs", tmp_path / "nope", "--output", tmp_path / "o")[::2], "no such folder")
+    _one_line_error(*_cli("eval", "--docs", tmp_path, "--data", bad, "--output", tmp_path / "o")[::2], "--docs and --data")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "latin1.txt").write_bytes("caf\xe9 ".encode("latin-1") * 100)
+    _one_line_error(*_cli("eval", "--docs", tmp_path / "docs", "--output", tmp_path / "o")[::2], "not valid UTF-8")
 
 
 def test_cli_runs_on_data(tiny_backbones, tmp_path):

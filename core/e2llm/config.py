@@ -102,6 +102,10 @@ class E2LLMConfig(_Strict):
     chunking: ChunkingConfig = Field(default_factory=ChunkingConfig)
     prompt: PromptConfig = Field(default_factory=PromptConfig)
     raw_top_n: int = Field(0, ge=0, description="hybrid reading: raw text of the n most similar chunks")
+    soft_prompts_max_tokens: Optional[int] = Field(
+        None, ge=0, description="hybrid reading (raw_top_n > 0) of a document longer than this many context tokens "
+        "reads its raw top-n chunks alone, without soft prompts (the shipped default: docs/defaults.md); "
+        "None: soft prompts at every length")
     trained: bool = Field(False, description="False until a trainer wrote the weights")
 
     # -- JSON round trip -------------------------------------------------------------

@@ -211,7 +211,10 @@ class GenerationMixin:
                 f"{', lower raw_top_n' if raw_top_n else ''} or lower max_new_tokens")
         fit = (window - fixed) // k
         keep = list(range(len(chunks)))
-        if len(chunks) > fit:
+        limit = self.config.soft_prompts_max_tokens  # measured where soft prompts cost answers: docs/defaults.md
+        if raw_idx and limit is not None and sum(c.num_tokens for c in chunks) > limit:
+            keep = []  # hybrid beyond the limit: the raw chunks alone (and no encoder pass for a text context)
+        elif len(chunks) > fit:
             if overflow == "error":
                 context_tokens = sum(c.num_tokens for c in chunks)
                 need = math.ceil(context_tokens / max(1, fit))

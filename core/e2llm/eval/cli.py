@@ -3,6 +3,7 @@
     e2llm eval --quick --output DIR             # small grid, minutes on a CPU
     e2llm eval --output DIR                     # full grid: 2K..64K tokens, 5 depths, 10 items
     e2llm eval --data longbench.jsonl --output DIR
+    e2llm eval --docs FOLDER --output DIR       # the synthetic tasks over your own .txt/.md documents
     e2llm eval --checkpoint ck_k1 --checkpoint ck_k4 --output DIR   # compare k (labels k1, k4)
 
 Writes DIR/items.jsonl (one line per answer; rerun the same command to resume),
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from ..cli_common import add_model_args, load_engine
 from ..errors import InputError
-from .systems import SYSTEMS, SystemSettings, hybrid_raw_top_n
+from .systems import CONTROL_SYSTEMS, DEFAULT_SYSTEMS, SYSTEMS, SystemSettings, hybrid_raw_top_n
 from .tasks import (DEFAULT_DEPTHS, DEFAULT_ITEMS, DEFAULT_LENGTHS, EVAL_SEED, QUICK_DEPTHS, QUICK_ITEMS,
                     QUICK_LENGTHS, SPLIT_SEED, TASKS, KNOWN_TASKS, OPT_IN_TASKS, VAL_FRACTION, format_length, parse_length)
 
@@ -39,10 +40,13 @@ def add_parser(sub) -> None:
                         f"{QUICK_ITEMS} items per task and length ({QUICK_DATA_ITEMS} records per --data file)")
     p.add_argument("--data", action="append", metavar="FILE.jsonl",
                    help="LongBench / LongBench v2 / RULER-style JSONL instead of the synthetic tasks (repeatable)")
+    p.add_argument("--docs", metavar="FOLDER",
+                   help="build the synthetic tasks over the .txt/.md documents in FOLDER (any real text) instead of "
+                        "the training corpus's held-out side")
     p.add_argument("--metric", default="auto", help="for --data: auto (choice / f1 / rougeL per record), contains, choice, em, f1, rougeL")
     p.add_argument("--max-items", type=int, default=None, help="for --data: first N records of each file")
     p.add_argument("--tasks", nargs="+", metavar="TASK", help=f"synthetic tasks (default: {' '.join(TASKS)}; also {' '.join(OPT_IN_TASKS)})")
-    p.add_argument("--systems", nargs="+", metavar="SYSTEM", help=f"systems (default all: {' '.join(SYSTEMS)})")
+    p.add_argument("--systems", nargs="+", metavar="SYSTEM", help=f"systems (default: {' '.join(DEFAULT_SYSTEMS)}; controls by name: {' '.join(CONTROL_SYSTEMS)})")
     p.add_argument("--lengths", nargs="+", metavar="N", help="context lengths in decoder tokens, e.g. 2K 8K 32K "
                    f"(default {' '.join(map(format_length, DEFAULT_LENGTHS))})")
     p.add_argument("--depths", nargs="+", metavar="D", help=f"needle depths 0..1 (default {' '.join(map(str, DEFAULT_DEPTHS))})")
@@ -64,13 +68,15 @@ def _check_args(args) -> tuple[Path, list[str]]:
     out = Path(args.output)
     if out.exists() and not out.is_dir():
         raise InputError(f"--output {out} is a file; pass a folder")
-    systems = list(dict.fromkeys(args.systems or SYSTEMS))
+    systems = list(dict.fromkeys(args.systems or DEFAULT_SYSTEMS))
     unknown = [s for s in systems if s not in SYSTEMS]
     if unknown:
         raise InputError(f"unknown system(s) {', '.join(unknown)}; choose from {', '.join(SYSTEMS)}")
     unknown = [t for t in args.tasks or () if t not in KNOWN_TASKS]
     if unknown:
         raise InputError(f"unknown task(s) {', '.join(unknown)}; choose from {', '.join(KNOWN_TASKS)}")
+    if args.docs and args.data:
+        raise InputError("--docs and --data both given; pass one: --docs builds the synthetic tasks, --data reads JSONL")
     for name, value, low in (("--items", args.items, 1), ("--max-items", args.max_items, 1),
                              ("--raw-top-n", args.raw_top_n, 0), ("--max-new-tokens", args.max_new_tokens, 1),
                              ("--threads", args.threads, 1)):
@@ -99,13 +105,15 @@ def _load_engines(paths: list[str], device: str | None, dtype: str):
 def run(args) -> int:
     from .report import markdown_table, aggregate, write_report
     from .runner import run_eval
-    from .tasks import (calibrate_tokens_per_word, heldout_documents, load_dataset, rebucket, synthetic_items)
+    from .tasks import (calibrate_tokens_per_word, folder_documents, heldout_documents, load_dataset, rebucket,
+                        synthetic_items)
 
     out, systems = _check_args(args)
     lengths = [parse_length(v) for v in args.lengths] if args.lengths else list(QUICK_LENGTHS if args.quick else DEFAULT_LENGTHS)
     depths = _depths(args.depths) if args.depths else list(QUICK_DEPTHS if args.quick else DEFAULT_DEPTHS)
     n_items = args.items or (QUICK_ITEMS if args.quick else DEFAULT_ITEMS)
     data_items = []
+    docs = folder_documents(args.docs) if args.docs else None  # read before loading models
     for path in args.data or ():  # read (and reject bad lines) before spending time on models
         max_items = args.max_items or (QUICK_DATA_ITEMS if args.quick else None)
         data_items += load_dataset(path, metric=args.metric, max_items=max_items)
@@ -135,15 +143,18 @@ def run(args) -> int:
         items = data_items
         settings.update(data=[str(p) for p in args.data], metric=args.metric)
     else:
-        docs = heldout_documents()
+        docs = docs or heldout_documents()
         tokens_per_word = calibrate_tokens_per_word(count_tokens, docs)
         items, skipped = synthetic_items(args.tasks or TASKS, lengths, depths, n_items, tokens_per_word=tokens_per_word,
                                          docs=docs, seed=args.seed)
         for reason in skipped:
             print(f"e2llm eval: skipped {reason}", file=sys.stderr)
         settings.update(tasks=list(args.tasks or TASKS), lengths=lengths, depths=depths, items_per_task=n_items,
-                        seed=args.seed, split_seed=SPLIT_SEED, val_fraction=VAL_FRACTION, heldout_documents=len(docs),
-                        tokens_per_word=tokens_per_word)
+                        seed=args.seed, tokens_per_word=tokens_per_word)
+        if args.docs:
+            settings.update(docs=str(Path(args.docs).resolve()), documents=len(docs))
+        else:
+            settings.update(split_seed=SPLIT_SEED, val_fraction=VAL_FRACTION, heldout_documents=len(docs))
     out.mkdir(parents=True, exist_ok=True)
     (out / "run.json").write_text(json.dumps(settings, indent=2))
     with warnings.catch_warnings():

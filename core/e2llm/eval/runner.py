@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
 from .metrics import all_scores, score
-from .systems import E2LLM_SYSTEMS, SYSTEMS, USES_RAW_TOP_N, Outcome, SystemSettings, hybrid_raw_top_n, prepare_item, run_system
+from .systems import (E2LLM_SYSTEMS, NEEDS_OTHER_SOFT, SYSTEMS, USES_RAW_TOP_N, Outcome, SystemSettings, hybrid_raw_top_n,
+                      prepare_item, run_system)
 from .tasks import EvalItem
 
 ITEMS_FILE = "items.jsonl"
@@ -154,6 +155,8 @@ def settings_signature(system: str, ck: Checkpoint, label: str, settings: System
         parts["raw_top_n"] = hybrid_raw_top_n(ck.engine, settings)
     if system not in E2LLM_SYSTEMS:
         parts["baseline_lora"] = settings.baseline_lora
+    elif ck.engine.config.soft_prompts_max_tokens is not None:  # only when set: older caches stay valid
+        parts["soft_prompts_max_tokens"] = ck.engine.config.soft_prompts_max_tokens
     parts["model"] = ck.engine.config.decoder.name_or_path if label == BASE_LABEL else ck.identity
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -179,6 +182,20 @@ def make_row(item: EvalItem, system: str, label: str, signature: str, outcome: O
     return row
 
 
+def other_item(items: Sequence[EvalItem], index: int) -> EvalItem:
+    """The item whose document ``e2llm_swapped`` reads as soft prompts for ``items[index]``:
+    the next one of the same task and length (cyclic), else the next one of the same length,
+    else the next one; a document that differs from this one's whenever the run has two."""
+    item = items[index]
+    rest = [items[(index + j) % len(items)] for j in range(1, len(items))]
+    for same in (lambda o: o.task == item.task and o.length == item.length, lambda o: o.length == item.length,
+                 lambda o: True):
+        for other in rest:
+            if same(other) and other.context != item.context:
+                return other
+    return item
+
+
 def run_eval(checkpoints: Sequence[Checkpoint], items: Sequence[EvalItem], systems: Sequence[str],
              settings: SystemSettings, output_dir: str | Path, *, progress: bool = True) -> list[dict]:
     """Run what is not cached yet; return the rows of this run's items x systems, in order."""
@@ -199,12 +216,13 @@ def run_eval(checkpoints: Sequence[Checkpoint], items: Sequence[EvalItem], syste
     if skipped and progress:
         bar.write(f"e2llm eval: {skipped} results already in {store.path}; running the other {todo}")
     rows: list[dict] = []
-    for item in items:
+    for index, item in enumerate(items):
         context_tokens = item.meta.get("context_tokens")
         for ck in checkpoints:
             mine = [(system, label) for c, system, label in jobs if c is ck]
             pending = [(s, lab) for s, lab in mine if not done(item, ck, s, lab)]
-            prepared = prepare_item(ck.engine, item.context, [s for s, _ in pending]) if pending else None
+            other = other_item(items, index).context if any(s in NEEDS_OTHER_SOFT for s, _ in pending) else None
+            prepared = prepare_item(ck.engine, item.context, [s for s, _ in pending], other) if pending else None
             if pending and context_tokens is None:
                 tok = ck.engine.decoder_tokenizer
                 context_tokens = len(tok(item.context, add_special_tokens=False)["input_ids"])

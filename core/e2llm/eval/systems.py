@@ -2,11 +2,19 @@
 
 - ``e2llm``: every chunk compressed into k soft tokens, nothing raw (raw_top_n=0).
 - ``e2llm_hybrid``: the same, plus the raw text of the ``raw_top_n`` chunks the retriever
-  ranks highest (default 2).
+  ranks highest (the checkpoint's own ``raw_top_n``; 2 where it has none), as the checkpoint
+  reads by default: beyond its ``soft_prompts_max_tokens`` that is the raw chunks alone.
+- ``e2llm_raw`` (control): hybrid's raw chunks alone, no soft prompts, same tuned decoder:
+  what the soft prompts add to hybrid reading.
+- ``e2llm_swapped`` (control): *another* document's soft prompts (the next item of the same
+  task and length) + this document's raw chunks: whether the soft prompts carry this
+  document or act as a learned prompt (as ``scripts/hybrid_controls.py`` measured).
 - ``rag``: no soft tokens; the chunks the retriever ranks highest, as raw text, accumulated
   in rank order until their decoder tokens reach the soft tokens e2llm reads for the same
   item (at least one chunk), then put back in document order. Same chunking, same
   retriever (:meth:`E2LLM.rank_chunks`: the encoder with its LoRA off).
+- ``rag_top_n`` (control): hybrid's raw chunks alone with the plain decoder (its LoRA off unless
+  ``baseline_lora``): plain RAG top-n with the same retriever and the same decoder.
 - ``rag_hybrid_budget``: the same, with the budget of ``e2llm_hybrid`` (its soft tokens plus
   its ``raw_top_n`` raw chunks): hybrid's raw chunks, then more raw chunks in place of the
   compressed rest of the document. It asks whether compressing everything is worth more
@@ -27,7 +35,6 @@ Peak memory is the largest of those stages' peaks.
 """
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
@@ -35,17 +42,23 @@ from typing import Callable, Optional, Sequence
 from ..bench import PeakMemory
 from ..chunking import Chunk
 from ..errors import ContextTooLongError
+from ..lora_switch import decoder_lora
 from ..prompts import PromptLayout
 from ..softprompts import SoftPrompts
 
-SYSTEMS = ("e2llm", "e2llm_hybrid", "rag", "rag_hybrid_budget", "full", "none")
+DEFAULT_SYSTEMS = ("e2llm", "e2llm_hybrid", "rag", "rag_hybrid_budget", "full", "none")
+CONTROL_SYSTEMS = ("e2llm_raw", "e2llm_swapped", "rag_top_n")  # asked for by name (--systems)
+SYSTEMS = ("e2llm", "e2llm_hybrid", "e2llm_raw", "e2llm_swapped", "rag", "rag_top_n", "rag_hybrid_budget", "full",
+           "none")
 RAG_SYSTEMS = frozenset({"rag", "rag_hybrid_budget"})
-E2LLM_SYSTEMS = frozenset({"e2llm", "e2llm_hybrid"})
-PLAIN_TEXT_SYSTEMS = RAG_SYSTEMS | {"full", "none"}  # decoder LoRA per baseline_lora
+E2LLM_SYSTEMS = frozenset({"e2llm", "e2llm_hybrid", "e2llm_raw", "e2llm_swapped"})  # the engine as is (LoRA on)
+PLAIN_TEXT_SYSTEMS = RAG_SYSTEMS | {"rag_top_n", "full", "none"}  # decoder LoRA per baseline_lora
 NEEDS_SOFT = frozenset({"e2llm", "e2llm_hybrid"})
-NEEDS_RETRIEVAL = RAG_SYSTEMS | {"e2llm_hybrid"}
+NEEDS_OTHER_SOFT = frozenset({"e2llm_swapped"})  # another document's soft prompts
+TOP_N_SYSTEMS = frozenset({"e2llm_hybrid", "e2llm_raw", "e2llm_swapped", "rag_top_n"})  # read hybrid's raw chunks
+NEEDS_RETRIEVAL = RAG_SYSTEMS | TOP_N_SYSTEMS
 NEEDS_CHUNKS = NEEDS_SOFT | NEEDS_RETRIEVAL
-USES_RAW_TOP_N = frozenset({"e2llm_hybrid", "rag_hybrid_budget"})  # settings.raw_top_n shapes their answers
+USES_RAW_TOP_N = TOP_N_SYSTEMS | {"rag_hybrid_budget"}  # settings.raw_top_n shapes their answers
 NA_WINDOW = "n/a (exceeds window)"
 
 
@@ -62,6 +75,7 @@ class Prepared:
 
     chunks: list[Chunk]
     soft: Optional[SoftPrompts] = None
+    other_soft: Optional[SoftPrompts] = None  # another document's (e2llm_swapped)
     chunk_s: float = 0.0
     encode_s: float = 0.0
     retrieve_s: float = 0.0
@@ -74,7 +88,7 @@ class Prepared:
         seconds, mem = 0.0, 0.0
         if system in NEEDS_CHUNKS:
             seconds, mem = self.chunk_s, self.chunk_mem_mb
-        if system in NEEDS_SOFT:
+        if system in NEEDS_SOFT or system in NEEDS_OTHER_SOFT:  # encoding the other document costs about the same
             seconds, mem = seconds + self.encode_s, max(mem, self.encode_mem_mb)
         if system in NEEDS_RETRIEVAL:
             seconds, mem = seconds + self.retrieve_s, max(mem, self.retrieve_mem_mb)
@@ -101,9 +115,10 @@ class Outcome:
         return self.prompt_tokens + self.soft_tokens
 
 
-def prepare_item(engine, context: str, systems: Sequence[str]) -> Prepared:
+def prepare_item(engine, context: str, systems: Sequence[str], other_context: Optional[str] = None) -> Prepared:
     """Chunk, encode and index ``context`` as the given systems need, timing each stage
-    from an empty cache; later calls hit the cache (their cost is charged from here)."""
+    from an empty cache; later calls hit the cache (their cost is charged from here).
+    ``other_context``: the document whose soft prompts ``e2llm_swapped`` reads (untimed)."""
     engine.cache.clear()
     prepared = Prepared(chunks=[])
     if not set(systems) & NEEDS_CHUNKS:
@@ -125,6 +140,9 @@ def prepare_item(engine, context: str, systems: Sequence[str]) -> Prepared:
             engine.retrieval_vectors([c.text for c in prepared.chunks])
             prepared.retrieve_s = time.perf_counter() - start
         prepared.retrieve_mem_mb = mem.peak_mb
+    if set(systems) & NEEDS_OTHER_SOFT and other_context is not None:
+        other_chunks = engine.chunk(other_context)
+        prepared.other_soft = SoftPrompts(engine.encode_chunks(other_chunks), other_chunks)
     return prepared
 
 
@@ -148,16 +166,6 @@ def select_rag_chunks(order: Sequence[int], count_tokens: Callable[[int], int], 
     return sorted(picked), total
 
 
-@contextlib.contextmanager
-def decoder_lora(engine, enabled: bool):
-    """Switch the decoder's LoRA off for the block unless ``enabled`` (global state: locked)."""
-    if enabled or not hasattr(engine.decoder, "disable_adapter"):
-        yield
-        return
-    with engine.lock, engine.decoder.disable_adapter():
-        yield
-
-
 def hybrid_raw_top_n(engine, settings: SystemSettings) -> int:
     """Raw chunks the hybrid system reads: the setting, else what the checkpoint ships with
     (its config's raw_top_n), else 2 for a checkpoint that reads none raw."""
@@ -171,13 +179,21 @@ def run_system(engine, system: str, question: str, context: str, prepared: Prepa
     """Answer ``question`` about ``context`` with ``system`` (greedy); n/a when it cannot fit."""
     if system not in SYSTEMS:
         raise ValueError(f"unknown system {system!r}")
+    if system in NEEDS_OTHER_SOFT and prepared.other_soft is None:
+        raise ValueError("e2llm_swapped needs another document's soft prompts: prepare_item(..., other_context=...)")
     kwargs = dict(max_new_tokens=settings.max_new_tokens, stop=list(stop) or None, return_result=True)
     budget = None
     lora_on = settings.baseline_lora or system in E2LLM_SYSTEMS
     try:
         with PeakMemory(engine.device) as mem, decoder_lora(engine, lora_on):
             start = time.perf_counter()
-            if system in E2LLM_SYSTEMS:
+            if system in TOP_N_SYSTEMS - {"e2llm_hybrid"}:  # hybrid's raw chunks, its prompt, other soft prompts
+                picked = engine.raw_chunk_indices(question, prepared.chunks, hybrid_raw_top_n(engine, settings))
+                soft = prepared.other_soft if system == "e2llm_swapped" else None
+                result = engine.generate(question, soft, raw_texts=[prepared.chunks[i].text for i in picked], raw_top_n=0,
+                                         overflow="truncate", **kwargs)
+                result.raw_chunks = picked
+            elif system in E2LLM_SYSTEMS:
                 raw_top_n = hybrid_raw_top_n(engine, settings) if system == "e2llm_hybrid" else 0
                 result = engine.generate(question, prepared.soft, raw_top_n=raw_top_n, overflow="truncate", **kwargs)
             elif system in RAG_SYSTEMS:

@@ -1,9 +1,12 @@
 """Evaluation items: synthetic long-document tasks over held-out real text, or a JSONL dataset.
 
-Synthetic tasks reuse :func:`e2llm.train.synth.make_qa_samples` on the *validation* side of
+Synthetic tasks reuse :func:`e2llm.train.make_qa_samples` on the *validation* side of
 the same document split the trainer uses (``SPLIT_SEED``, ``VAL_FRACTION``), with their own
 sample seeds (``EVAL_SEED + length``), so no evaluation document was trained on. The trainer
-must split with the same two constants.
+must split with the same two constants. Or on a folder of the user's own documents
+(:func:`folder_documents`, ``e2llm eval --docs FOLDER``): text of another kind than the
+training corpus. ``reworded_fact`` (asked for by name) is a single fact stated and asked in
+other words than the training templates.
 
 Lengths are decoder tokens: the synthetic generator asks for words, so the words-per-token
 ratio of the decoder's tokenizer on the held-out text is measured first
@@ -24,21 +27,33 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from ..errors import InputError
-from ..train.corpus import DataError, Document, iter_jsonl_records, load_corpus, split_documents
-from ..train.synth import make_qa_samples
+# the trainer's public surface: its corpus, its document split (evaluation reads the held-out
+# side) and its QA generator
+from ..train import (SPLIT_SEED, VAL_FRACTION, DataError, Document, iter_jsonl_records, iter_text_files, load_corpus,
+                     make_qa_samples, split_documents)
 from .metrics import LETTERS, METRICS
-
-from ..train.config import SPLIT_SEED, VAL_FRACTION  # the trainer's document split: evaluation reads its held-out side
 EVAL_SEED = 1000  # synthetic items of length L use sample seed EVAL_SEED + L
 
 TASKS = ("single_fact", "multi_fact", "two_chunk", "aggregation", "topic")
 # Asked for by name only (--tasks mention): which of four names the document mentions, a probe
 # of what the soft prompts carry at short lengths rather than a long-document task.
-OPT_IN_TASKS = ("mention",)
+# reworded_fact: single_fact's needle, stated and asked in words the training templates never use.
+OPT_IN_TASKS = ("mention", "reworded_fact")
 KNOWN_TASKS = TASKS + OPT_IN_TASKS
-DEPTH_TASKS = frozenset({"single_fact"})  # needle placed at each grid depth (the heat map)
+DEPTH_TASKS = frozenset({"single_fact", "reworded_fact"})  # needle placed at each grid depth (the heat map)
 METRIC_BY_TASK = {"single_fact": "contains", "multi_fact": "contains", "two_chunk": "contains",
-                  "aggregation": "choice", "topic": "choice", "mention": "choice"}
+                  "aggregation": "choice", "topic": "choice", "mention": "choice", "reworded_fact": "contains"}
+# (fact, question) pairs for reworded_fact; the training generator writes
+# "The {attribute} of the {entity} is {value}." and asks "What is the {attribute} of the {entity}?"
+REWORDINGS = (
+    ("Records show that {value} is what the {entity} uses as its {attribute}.",
+     "Which {attribute} does the {entity} use?"),
+    ("According to the notes, the {entity} was assigned {value} as {attribute}.",
+     "Tell me the {attribute} assigned to the {entity}."),
+    ("For the {entity}, the {attribute} on file reads {value}.",
+     "What {attribute} is on file for the {entity}?"),
+)
+_FACT = re.compile(r"The (?P<attribute>.+) of the (?P<entity>.+) is (?P<value>.+)\.")
 
 DEFAULT_LENGTHS = (2048, 4096, 8192, 16384, 32768, 65536)
 DEFAULT_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -104,6 +119,19 @@ def length_bucket(tokens: int) -> int:
 def heldout_documents() -> list[Document]:
     """The built-in corpus documents the trainer never sees (its validation side)."""
     return split_documents(load_corpus(), SPLIT_SEED, VAL_FRACTION)[1]
+
+
+def folder_documents(folder: str | Path) -> list[Document]:
+    """Every .txt / .md file (and JSONL line with a ``text`` field) under ``folder``, one
+    document each: the user's own text for the synthetic tasks (``e2llm eval --docs``)."""
+    path = Path(folder)
+    if not path.exists():
+        raise InputError(f"--docs {folder}: no such folder; pass a folder of .txt or .md documents")
+    docs = list(iter_text_files(path, on_error="raise", min_chars=200))
+    if len(docs) < 2:
+        raise InputError(f"--docs {folder}: {len(docs)} document(s) of at least 200 characters (.txt, .md or .jsonl); "
+                         "the tasks need several documents: add more files")
+    return docs
 
 
 def calibrate_tokens_per_word(count_tokens: Callable[[str], int], docs: Sequence[Document]) -> float:
@@ -177,20 +205,37 @@ def run_items(run: dict, tasks: Optional[Sequence[str]] = None) -> list[EvalItem
     missing = [k for k in ("tasks", "lengths", "depths", "items_per_task", "tokens_per_word", "seed") if k not in run]
     if missing:
         raise InputError(f"run.json lacks {', '.join(missing)}: not the settings of a synthetic e2llm eval run")
+    docs = folder_documents(run["docs"]) if run.get("docs") else None
     items, _ = synthetic_items(run["tasks"] if tasks is None else tasks, run["lengths"], run["depths"],
-                               run["items_per_task"], tokens_per_word=run["tokens_per_word"], seed=run["seed"])
+                               run["items_per_task"], tokens_per_word=run["tokens_per_word"], docs=docs, seed=run["seed"])
     return items
+
+
+def reword_fact(sample: dict, index: int) -> dict:
+    """A single_fact sample with its fact sentence and question in other words (REWORDINGS,
+    chosen by ``index``); the answer and where the fact sits are unchanged."""
+    (fact,) = sample["meta"]["facts"]
+    parts = _FACT.fullmatch(fact).groupdict()
+    new_fact, question = (t.format(**parts) for t in REWORDINGS[index % len(REWORDINGS)])
+    meta = {**sample["meta"], "facts": [new_fact]}
+    return {**sample, "context": sample["context"].replace(fact, new_fact, 1), "prompt": question,
+            "kind": "reworded_fact", "meta": meta}
+
+
+def _samples(docs, n, seed, length, task, tokens_per_word, depth=None) -> list[dict]:
+    kind = "single_fact" if task == "reworded_fact" else task
+    samples = make_qa_samples(docs, n, seed, length, kinds=[kind], tokens_per_word=tokens_per_word, depth=depth)
+    return [reword_fact(s, m) for m, s in enumerate(samples)] if task == "reworded_fact" else samples
 
 
 def _cell(task, length, depths, n, tokens_per_word, docs, seed) -> list[EvalItem]:
     if task not in DEPTH_TASKS:
-        samples = make_qa_samples(docs, n, seed, length, kinds=[task], tokens_per_word=tokens_per_word)
+        samples = _samples(docs, n, seed, length, task, tokens_per_word)
         return [_item_from_sample(task, length, f"{task}/{format_length(length)}/{m}", s) for m, s in enumerate(samples)]
     per_depth = max(1, math.ceil(n / len(depths)))
     out = []
     for depth in depths:
-        samples = make_qa_samples(docs, per_depth, seed, length, kinds=[task], tokens_per_word=tokens_per_word,
-                                  depth=depth)
+        samples = _samples(docs, per_depth, seed, length, task, tokens_per_word, depth)
         out += [_item_from_sample(task, length, f"{task}/{format_length(length)}/d{depth:g}/{m}", s)
                 for m, s in enumerate(samples)]
     return out

@@ -17,7 +17,7 @@ from dataclasses import replace
 import torch
 
 from ..cli_common import add_model_args, load_from_args
-from ..eval.systems import decoder_lora
+from ..lora_switch import decoder_lora
 from .config import SPLIT_SEED, VAL_FRACTION
 from .corpus import load_corpus, split_documents
 from .data import recon_samples
@@ -31,7 +31,7 @@ VALIDATE_SEED = 7  # not a training seed: other windows of the held-out document
 def reconstruction_report(engine, num_texts: int = 24, words: int = 30, batch: int = 8) -> dict:
     from tqdm import tqdm
 
-    from ..eval.metrics import rouge_l
+    from ..eval import rouge_l  # eval's public API
 
     _, val_docs = split_documents(load_corpus(), SPLIT_SEED, VAL_FRACTION)
     samples = recon_samples(make_reconstruction_texts(val_docs, num_texts, VALIDATE_SEED, words),
