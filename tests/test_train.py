@@ -620,3 +620,15 @@ def test_a_step_is_collated_ahead_by_workers_as_in_process(tiny_backbones, tmp_p
         for a, b in zip(parts, here):
             assert a.keys() == b.keys()
             assert all(torch.equal(a[k], b[k]) if torch.is_tensor(a[k]) else a[k] == b[k] for k in a)
+
+
+def test_gradient_checkpointing_option_follows_the_plain_curve(tiny_backbones, tmp_path):
+    # Recomputing activations changes when, not what, the backward pass computes: same losses.
+    plain = Trainer(tiny_train_config(tiny_backbones, tmp_path / "plain", max_steps=3), data=tiny_data())
+    plain.train()
+    ckpt = Trainer(tiny_train_config(tiny_backbones, tmp_path / "ckpt", max_steps=3, gradient_checkpointing=True),
+                   data=tiny_data())
+    assert ckpt.engine._decoder_base.is_gradient_checkpointing
+    ckpt.train()
+    for (s1, r1, q1), (s2, r2, q2) in zip(losses(tmp_path / "plain"), losses(tmp_path / "ckpt")):
+        assert s1 == s2 and r1 == pytest.approx(r2, rel=1e-4) and q1 == pytest.approx(q2, rel=1e-4)

@@ -231,9 +231,8 @@ class Trainer:
         for g in self.groups:  # trained tensors and their optimizer state in float32, whatever the backbones
             for p in g["params"]:
                 p.data = p.data.float()
-        if cfg.optim.gradient_checkpointing:  # recompute the decoder's activations in backward: bigger batches fit
-            # TODO(merge): the engine gains a method for this; until then the decoder's own HF switch
-            self.engine._decoder_base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.optim.gradient_checkpointing:  # recompute activations in backward: bigger batches fit
+            self.engine.enable_gradient_checkpointing()
         if fsdp:  # replaces the decoder's parameters: collect them after
             bf16 = self.engine._decoder_base.get_input_embeddings().weight.dtype == torch.bfloat16
             units = shard_decoder(self.engine._decoder_base, self.world, self.device, torch.bfloat16 if bf16 else None)
