@@ -159,7 +159,7 @@ def test_default_models_missing_say_the_pip_command(tmp_path):
 def test_bench_latency_with_raw_top_n(tiny_checkpoint, tmp_path):
     out_dir = tmp_path / "bench"
     proc = run("bench", "latency", "--checkpoint", tiny_checkpoint, "--sizes", "200", "--long-sizes", "400",
-               "--new-tokens", "2", "--raw-top-n", "1", "--output", out_dir)
+               "--max-new-tokens", "2", "--raw-top-n", "1", "--output", out_dir)
     assert proc.returncode == 0, proc.stderr.decode()
     assert "raw text of the 1 most similar" in proc.stdout.decode()
     rows = json.loads((out_dir / "latency.json").read_text())
@@ -168,5 +168,5 @@ def test_bench_latency_with_raw_top_n(tiny_checkpoint, tmp_path):
     assert all(r["decode_ms_per_token"] > 0 and r["prefill_s"] > 0 for r in rows)
     assert (out_dir / "latency.png").exists()
     bad = run("bench", "latency", "--checkpoint", tiny_checkpoint, "--sizes", "200", "--long-sizes",
-              "--new-tokens", "2", "--raw-top-n", "-1", "--output", out_dir)
+              "--max-new-tokens", "2", "--raw-top-n", "-1", "--output", out_dir)
     assert_one_line_error(bad, "--raw-top-n must be >= 0")

@@ -132,6 +132,11 @@ def run_e2llm(engine, document: str, new_tokens: int, cached: bool = False, stor
 
     def stages():
         chunks, t_chunk = _timed(lambda: engine.chunk(document))
+        limit = engine.config.soft_prompts_max_tokens
+        if engine.config.raw_top_n and limit is not None and sum(c.num_tokens for c in chunks) > limit:
+            # as the engine reads it: beyond the limit the raw top-n chunks alone, no soft prompts to encode
+            prepared, t_prep = _timed(lambda: engine._prepare(QUESTION, document, max_new_tokens=new_tokens))
+            return prepared, dict(chunk_s=t_chunk, rank_s=t_prep)
         vectors, t_encode = _timed(lambda: engine.encode_chunks(chunks))
         raw, t_rank = _timed(lambda: engine.raw_chunk_indices(QUESTION, chunks, engine.config.raw_top_n))
         prepared, t_prep = _timed(lambda: engine._prepare(QUESTION, SoftPrompts(vectors, chunks), max_new_tokens=new_tokens))
@@ -283,7 +288,7 @@ def add_bench_parser(sub) -> None:
     which = bench.add_subparsers(dest="bench", required=True)
     lat = which.add_parser("latency", help="E2LLM vs full-context stuffing and RAG top-3, per stage: chunk, encode, "
                                            "rank, prefill, decode; TTFT, total time, peak memory")
-    lat.add_argument("--new-tokens", type=int, default=32)
+    lat.add_argument("--max-new-tokens", dest="new_tokens", type=int, default=32)
     lat.add_argument("--sizes", type=int, nargs="+", default=[2048, 4096, 8192], help="context sizes run by both systems")
     lat.add_argument("--long-sizes", type=int, nargs="*", default=[32768, 131072], help="sizes run by E2LLM alone")
     lat.add_argument("--output", type=Path, default=Path("bench-results"))
@@ -318,7 +323,7 @@ def add_bench_parser(sub) -> None:
 
     dec = which.add_parser("decode", help="ms a decoded token: previous path, plain generate(), e2llm exact and fast; "
                                           "fast-vs-float32 greedy agreement on held-out items")
-    dec.add_argument("--new-tokens", type=int, default=32)
+    dec.add_argument("--max-new-tokens", dest="new_tokens", type=int, default=32)
     dec.add_argument("--document-tokens", type=int, default=8192)
     dec.add_argument("--rounds", type=int, default=3)
     dec.add_argument("--agreement-items", type=int, default=40, help="held-out items for the agreement check (0: skip)")
