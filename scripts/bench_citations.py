@@ -36,6 +36,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "core"))
 
 from e2llm import E2LLM  # noqa: E402
 from e2llm.citations import answer_attention  # noqa: E402
+from e2llm.testing import eager_attentions  # noqa: E402
 
 QUESTION = "What does the document say about exceptions?"
 
@@ -69,13 +70,7 @@ def citations_before(engine, prepared) -> list[float]:
     answer_ids = engine.decoder_tokenizer(res.text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
     embeds = torch.cat([spliced.inputs_embeds[0], base.get_input_embeddings()(answer_ids.to(engine.device))])[None]
     prompt_len = spliced.inputs_embeds.shape[1]
-    previous = base.config._attn_implementation
-    base.set_attn_implementation("eager")
-    try:
-        attentions = base(inputs_embeds=embeds, output_attentions=True).attentions
-    finally:
-        base.set_attn_implementation(previous)
-    att = torch.stack([a[0].float() for a in attentions]).mean((0, 1))
+    att = eager_attentions(base, embeds).mean((0, 1))  # (T, T) over layers, heads
     rows = att[prompt_len - 1: max(prompt_len, embeds.shape[1] - 1)]
     per_soft = rows[:, spliced.soft_mask[0].nonzero().squeeze(-1)].mean(0)
     per_chunk = per_soft.view(len(res.chunks), -1).sum(-1)

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from e2llm.citations import answer_attention
+from e2llm.testing import eager_attentions
 
 DOC = ("The red fox lives in the northern forest. It hunts at night.\n" * 12) + "The blue whale sings in the deep sea. " * 12
 Q = "Where does the fox live?"
@@ -10,13 +11,7 @@ Q = "Where does the fox live?"
 
 def _full_attention_rows(base, embeds, rows):
     """The old way (reference): every layer's full eager attention matrix, then the rows."""
-    previous = base.config._attn_implementation
-    base.set_attn_implementation("eager")
-    try:
-        attentions = base(inputs_embeds=embeds, output_attentions=True).attentions
-    finally:
-        base.set_attn_implementation(previous)
-    return torch.stack([a[0].float() for a in attentions])[:, :, rows].sum((0, 1, 2))  # (T,)
+    return eager_attentions(base, embeds)[:, :, rows].sum((0, 1, 2))  # (T,)  # (T,)
 
 
 def test_answer_rows_equal_full_attention_and_kernel_is_restored(tiny_engine):

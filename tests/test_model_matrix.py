@@ -6,7 +6,7 @@ import torch
 
 from e2llm import E2LLM, ConfigError
 from e2llm.citations import answer_attention
-from e2llm.testing import build_tiny_decoder, build_tiny_encoder, tiny_config
+from e2llm.testing import build_tiny_decoder, build_tiny_encoder, eager_attentions, tiny_config
 
 DOC = ("The red fox lives in the northern forest. It hunts at night.\n" * 6) + "The blue whale sings in the deep sea. " * 6
 Q = "Where does the fox live?"
@@ -41,13 +41,7 @@ def _lora(targets):
 
 
 def _full_attention_rows(base, embeds, rows):
-    previous = base.config._attn_implementation
-    base.set_attn_implementation("eager")
-    try:
-        attentions = base(inputs_embeds=embeds, output_attentions=True).attentions
-    finally:
-        base.set_attn_implementation(previous)
-    return torch.stack([a[0].float() for a in attentions])[:, :, rows].sum((0, 1, 2))
+    return eager_attentions(base, embeds)[:, :, rows].sum((0, 1, 2))  # (T,)
 
 
 def _train_one_step(engine):

@@ -170,3 +170,18 @@ def tiny_config(enc_dir: str, dec_dir: str, **overrides):
         else:
             data[section] = values
     return E2LLMConfig.model_validate(data)
+
+
+def eager_attentions(decoder, embeds):
+    """(layers, heads, T, T) float32: every layer's full eager attention for one row of
+    ``embeds`` (1, T, Dd). The reference the answer-rows citations are checked and measured
+    against; it holds O(layers * heads * T^2) memory, which is why the engine no longer does."""
+    import torch
+
+    previous = decoder.config._attn_implementation
+    decoder.set_attn_implementation("eager")  # only eager attention returns the weights
+    try:
+        attentions = decoder(inputs_embeds=embeds, output_attentions=True).attentions
+    finally:
+        decoder.set_attn_implementation(previous)
+    return torch.stack([a[0].float() for a in attentions])
