@@ -585,10 +585,20 @@ def test_spread_term_pushes_a_collapsing_adapter_apart(make_tiny_engine):
 def test_trainer_logs_the_spread(tiny_backbones, tmp_path):
     cfg = tiny_train_config(tiny_backbones, tmp_path / "run", max_steps=2)
     cfg = cfg.model_copy(update={"eval_every": 2, "objective": cfg.objective.model_copy(update={"min_spread": 0.99})})
-    Trainer(cfg, data=tiny_data()).train()
+    trainer = Trainer(cfg, data=tiny_data())
+    trainer.train()
     recs = [json.loads(l) for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert all(r["spread_penalty"] > 0 for r in recs if "loss_recon" in r)
-    assert 0 < [r for r in recs if "val_soft_prompt_spread" in r][-1]["val_soft_prompt_spread"] < 0.99
+    last = [r for r in recs if "val_soft_prompt_spread" in r][-1]
+    assert 0 < last["val_soft_prompt_spread"] < 0.99
+    # the logged content is the held-out loss with the next chunk's soft prompt minus with its own
+    from e2llm.train.trainer import mean_loss, swap_contexts
+
+    val = trainer.data.recon_val
+    trainer.engine.cache.clear()
+    expected = mean_loss(trainer.loss_fn, swap_contexts(val)) - mean_loss(trainer.loss_fn, val)
+    assert swap_contexts(val)[0].context == val[1].context and swap_contexts(val)[0].answer == val[0].answer
+    assert last["val_recon_content"] == pytest.approx(expected, abs=1e-6)
 
 
 def test_tokenized_samples_are_cached_by_data_tokenizers_and_chunking(make_tiny_engine, tmp_path):

@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -120,6 +121,11 @@ def mean_loss(loss_fn: ObjectiveLoss, samples: Sequence[Sample], with_context: b
         ce, n = loss_fn(samples[i:i + batch], with_context=with_context)
         ce_sum, n_sum = ce_sum + float(ce.sum()), n_sum + float(n.sum())
     return ce_sum / max(1.0, n_sum)
+
+
+def swap_contexts(samples: Sequence[Sample]) -> list[Sample]:
+    """Each sample with the next one's context: the control for what a soft prompt carries."""
+    return [replace(s, context=samples[(i + 1) % len(samples)].context) for i, s in enumerate(samples)]
 
 
 @torch.no_grad()
@@ -428,6 +434,9 @@ class Trainer:
                 out[f"val_loss_{kind}"] = mean_loss(self.loss_fn, samples)
         if len(self.data.recon_val) > 1:  # near 0: every chunk gets the same soft prompt (collapse)
             out["val_soft_prompt_spread"] = mean_spread(self.engine, self.data.recon_val)
+            # What the soft prompts carry of their own chunk: the loss given another held-out
+            # chunk's soft prompt minus the loss given its own (0 for a learned fixed prompt).
+            out["val_recon_content"] = mean_loss(self.loss_fn, swap_contexts(self.data.recon_val)) - out["val_loss_recon"]
         checks = self.data.reason_val[: self.cfg.num_generation_checks]
         if checks and (self.rank == 0 or self.model.sharded):  # sharded: every process takes part in generating
             answers = self.engine.generate_batch([s.prompt for s in checks], [s.context for s in checks],
@@ -484,7 +493,9 @@ def plot_log(log_path: Path, png: Path) -> None:
     import matplotlib.pyplot as plt
 
     recs = [json.loads(l) for l in log_path.read_text().splitlines() if l.strip()]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    content = [(r["step"], r["val_recon_content"]) for r in recs if "val_recon_content" in r]
+    fig, axes = plt.subplots(1, 2 if content else 1, figsize=(12 if content else 7, 4), squeeze=False)
+    ax = axes[0, 0]
     for key, style in (("loss_recon", "-"), ("loss_reason", "-"), ("val_loss_recon", "o--"), ("val_loss_reason", "o--")):
         pts = [(r["step"], r[key]) for r in recs if key in r]
         if pts:
@@ -493,6 +504,13 @@ def plot_log(log_path: Path, png: Path) -> None:
     ax.set_ylabel("cross-entropy (nats / token)")
     ax.grid(alpha=0.3)
     ax.legend()
+    if content:
+        ax = axes[0, 1]
+        ax.plot(*zip(*content), "o-")
+        ax.set_xlabel("step")
+        ax.set_ylabel("held-out content (nats / token)")
+        ax.set_title("loss with another chunk's soft prompt - with its own", fontsize=9)
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     tmp = png.with_name(png.stem + ".tmp.png")
     fig.savefig(tmp, dpi=110)

@@ -12,8 +12,6 @@ QA on long held-out documents is `e2llm eval`'s job.
 """
 from __future__ import annotations
 
-from dataclasses import replace
-
 import torch
 
 from ..cli_common import add_model_args, load_from_args
@@ -22,7 +20,7 @@ from .config import SPLIT_SEED, VAL_FRACTION
 from .corpus import load_corpus, split_documents
 from .data import recon_samples
 from .synth import make_reconstruction_texts
-from .trainer import ObjectiveLoss, mean_loss, mean_spread
+from .trainer import ObjectiveLoss, mean_loss, mean_spread, swap_contexts
 
 VALIDATE_SEED = 7  # not a training seed: other windows of the held-out documents
 
@@ -39,8 +37,7 @@ def reconstruction_report(engine, num_texts: int = 24, words: int = 30, batch: i
     loss_fn = ObjectiveLoss(engine)
     with_soft_prompt, without = mean_loss(loss_fn, samples, True, batch), mean_loss(loss_fn, samples, False, batch)
     # each text with the next one's soft prompt: what a soft prompt gives beyond a fixed prompt
-    swapped = [replace(s, context=samples[(i + 1) % len(samples)].context) for i, s in enumerate(samples)]
-    with_other = mean_loss(loss_fn, swapped, True, batch)
+    with_other = mean_loss(loss_fn, swap_contexts(samples), True, batch)
     with decoder_lora(engine, enabled=False):
         untuned_without = mean_loss(loss_fn, samples, False, batch)
     rouge = []
