@@ -132,3 +132,63 @@ def test_fast_decode_keeps_the_float32_greedy_answers_of_the_real_model(default_
     same, total, diffs = decode_agreement(default_engine, items=5, new_tokens=16)
     assert total == 5
     assert same >= 4, diffs
+
+
+# ---------------------------------------------------------------- the lean Llama-family forward
+def _tiny_causal_lm(family: str, **extra):
+    import transformers
+
+    cls_cfg, cls_lm = {"llama": ("LlamaConfig", "LlamaForCausalLM"), "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+                       "mistral": ("MistralConfig", "MistralForCausalLM"), "gemma2": ("Gemma2Config", "Gemma2ForCausalLM")}[family]
+    cfg = getattr(transformers, cls_cfg)(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                                         head_dim=16, **extra)
+    torch.manual_seed(5)
+    model = getattr(transformers, cls_lm)(cfg).eval()
+    with torch.no_grad():  # random biases (Qwen2's q/k/v), so a missed bias fails the test
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.5)
+    return model
+
+
+@pytest.mark.parametrize("family,extra", [("llama", {}), ("qwen2", {}), ("mistral", {"sliding_window": None}),
+                                          ("llama", {"rope_scaling": {"rope_type": "linear", "factor": 2.0}})])
+def test_lean_forward_gives_transformers_logits_and_greedy_tokens(family, extra):
+    import copy
+
+    from e2llm.lean import LeanDecoder, supports
+
+    model = _tiny_causal_lm(family, **extra)
+    assert supports(model)
+    lean = LeanDecoder(copy.deepcopy(model))
+    torch.manual_seed(0)
+    embeds = torch.randn(3, 9, 64)
+    mask = torch.ones(3, 9, dtype=torch.long)
+    mask[1, :4] = 0  # left padding, as generate_batch splices
+    mask[2, :1] = 0
+    with torch.no_grad():
+        want = model(inputs_embeds=embeds, attention_mask=mask,
+                     position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits[:, -1]
+        got = lean.prefill(embeds, mask, 20)
+        assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
+        settings = DecodeSettings(max_new_tokens=8, eos_token_ids=[], pad_token_id=0)
+        ours = decode(lean, embeds, mask, settings)
+        theirs = decode(model, embeds, mask, settings)  # transformers' forward, the same loop
+    assert ours.tolist() == theirs.tolist()
+    assert len(set(ours.flatten().tolist())) > 1  # not a constant sequence: the comparison can fail
+
+
+def test_lean_forward_is_not_used_where_its_arithmetic_is_not_the_model_s():
+    from e2llm.lean import supports
+
+    assert not supports(_tiny_causal_lm("mistral", sliding_window=4))
+    assert not supports(_tiny_causal_lm("gemma2"))
+    assert not supports(_tiny_causal_lm("llama", hidden_act="gelu"))
+
+
+def test_fast_path_of_a_llama_engine_runs_the_lean_forward(lora_engine):
+    from e2llm.lean import LeanDecoder
+
+    lora_engine.fast_decode = True
+    assert isinstance(lora_engine._inference_decoder(), LeanDecoder)

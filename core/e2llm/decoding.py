@@ -10,7 +10,10 @@ Speed: the decoder is memory-bound at one token a step, so :class:`InferenceDeco
 copy of it for inference with the LoRA merged into the weights (no extra adapter matmuls) and,
 where the CPU has bf16 units, in bfloat16 with oneDNN-packed weights for one-row products
 (plain bf16 ``F.linear`` at one row is no faster than float32 on this CPU; the packed product
-is about 2x faster, see docs/speed.md).
+is about 2x faster, see docs/speed.md). A Llama-family copy (Llama, SmolLM, Qwen2, Mistral
+without a sliding window) then runs :class:`e2llm.lean.LeanDecoder`, the same arithmetic with
+fused products and a few hundred fewer small ops a step; other decoders run transformers'
+forward through the same loop.
 """
 from __future__ import annotations
 
@@ -20,6 +23,9 @@ from typing import Sequence
 
 import torch
 from torch import nn
+
+from .lean import LeanDecoder
+from .lean import supports as lean_supports
 
 PACKED_MAX_ROWS = 16  # products with at most this many rows use the packed weight (decode steps)
 
@@ -88,8 +94,9 @@ class InferenceDecoders:
     """Inference copies of the decoder, rebuilt whenever its weights change: LoRA merged (or
     left out while the LoRA is switched off), in the fast dtype where asked."""
 
-    def __init__(self):
+    def __init__(self, lean: bool = True):
         self._copies: dict[tuple, tuple[tuple, nn.Module]] = {}
+        self.lean = lean  # Llama-family copies run e2llm.lean's forward (same arithmetic, fewer ops)
 
     def get(self, decoder: nn.Module, fast: bool) -> nn.Module:
         param = next(decoder.parameters())
@@ -100,7 +107,8 @@ class InferenceDecoders:
         if hit is not None and hit[0] == version:
             return hit[1]
         self._copies = {k: v for k, v in self._copies.items() if v[0] == version}  # stale copies go
-        self._copies[key] = (version, build_inference_copy(decoder, lora_on, dtype))
+        copy_ = build_inference_copy(decoder, lora_on, dtype)
+        self._copies[key] = (version, LeanDecoder(copy_) if self.lean and lean_supports(copy_) else copy_)
         return self._copies[key][1]
 
     def clear(self) -> None:
@@ -154,25 +162,47 @@ def _stopped_by_string(tokenizer, ids: Sequence[int], stop: Sequence[str]) -> bo
     return any(s in text for s in stop if s)
 
 
+class _TransformersSteps:
+    """transformers' forward with a pre-allocated cache, behind LeanDecoder's prefill/step."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def prefill(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, max_len: int) -> torch.Tensor:
+        B, T = attention_mask.shape
+        self.cache = _make_cache(self.model, max_len, B)
+        self.mask = attention_mask.long()
+        self.position_ids = (self.mask.cumsum(-1) - 1).masked_fill(self.mask == 0, 0)  # (B, T) as transformers' generate
+        self.length = T
+        dtype = next(self.model.parameters()).dtype
+        return self.model(inputs_embeds=inputs_embeds.to(dtype), attention_mask=self.mask, position_ids=self.position_ids,
+                          cache=self.cache, use_cache=True, cache_position=torch.arange(T, device=inputs_embeds.device),
+                          logits_to_keep=1).logits[:, -1].float()  # (B, V)
+
+    def step(self, ids: torch.Tensor) -> torch.Tensor:
+        B = ids.shape[0]
+        self.mask = torch.cat([self.mask, self.mask.new_ones(B, 1)], dim=-1)
+        self.position_ids = self.position_ids[:, -1:] + 1
+        logits = self.model(input_ids=ids[:, None], attention_mask=self.mask, position_ids=self.position_ids, cache=self.cache,
+                            use_cache=True, cache_position=torch.tensor([self.length], device=ids.device)).logits[:, -1]
+        self.length += 1
+        return logits.float()
+
+
 @torch.no_grad()
 def decode(model: nn.Module, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, s: DecodeSettings,
            streamer=None) -> torch.Tensor:
     """(B, T, Dd) left-padded prompt embeddings -> (B, new) token ids (pad after a row ends)."""
     B, T = attention_mask.shape
     device = inputs_embeds.device
-    dtype = next(model.parameters()).dtype
-    cache = _make_cache(model, T + s.max_new_tokens, B)
-    mask = attention_mask.long()
-    position_ids = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)  # (B, T) as transformers' generate
+    steps = model if isinstance(model, LeanDecoder) else _TransformersSteps(model)
     eos = torch.tensor(sorted(set(s.eos_token_ids)), dtype=torch.long, device=device)
     unfinished = torch.ones(B, dtype=torch.bool, device=device)
     rows: list[list[int]] = [[] for _ in range(B)]
     out: list[torch.Tensor] = []
     if streamer is not None:
         streamer.put(torch.empty(B, 0, dtype=torch.long))  # the prompt: no ids with inputs_embeds
-    logits = model(inputs_embeds=inputs_embeds.to(dtype), attention_mask=mask, position_ids=position_ids,
-                   cache=cache, use_cache=True, cache_position=torch.arange(T, device=device),
-                   logits_to_keep=1).logits[:, -1].float()  # (B, V)
+    logits = steps.prefill(inputs_embeds, attention_mask, T + s.max_new_tokens)  # (B, V)
     for step in range(s.max_new_tokens):
         if step < s.min_new_tokens and eos.numel():
             logits[:, eos] = -float("inf")
@@ -193,10 +223,7 @@ def decode(model: nn.Module, inputs_embeds: torch.Tensor, attention_mask: torch.
                     unfinished[b] = False
         if not bool(unfinished.any()) or step + 1 == s.max_new_tokens:
             break
-        mask = torch.cat([mask, mask.new_ones(B, 1)], dim=-1)
-        position_ids = position_ids[:, -1:] + 1
-        logits = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=position_ids, cache=cache,
-                       use_cache=True, cache_position=torch.tensor([T + step], device=device)).logits[:, -1].float()
+        logits = steps.step(nxt)
     if streamer is not None:
         streamer.end()
     return torch.stack(out, dim=1) if out else torch.empty(B, 0, dtype=torch.long, device=device)
