@@ -192,3 +192,30 @@ def test_fast_path_of_a_llama_engine_runs_the_lean_forward(lora_engine):
 
     lora_engine.fast_decode = True
     assert isinstance(lora_engine._inference_decoder(), LeanDecoder)
+
+
+def test_lean_bf16_padded_rows_stay_within_bf16_rounding_of_unpadded_ones():
+    # bf16 batching is not bit-exact (a padded row's attention sums its keys in other blocks), but
+    # the drift must stay at rounding level: a mask that let padding in would move logits by O(1).
+    import copy
+
+    from e2llm.decoding import build_inference_copy
+    from e2llm.lean import LeanDecoder
+
+    lean = LeanDecoder(build_inference_copy(_tiny_causal_lm("llama"), lora_on=False, dtype=torch.bfloat16))
+    torch.manual_seed(0)
+    embeds = torch.randn(2, 40, 64)
+    mask = torch.ones(2, 40, dtype=torch.long)
+    mask[1, :13] = 0  # row 1 is row 0's last 27 positions, left-padded
+    embeds[1, 13:] = embeds[0, 13:]
+    embeds[1, :13] *= 30  # loud padding: any leak through the mask shows
+    alone = copy.copy(lean)  # shares the weights, gets its own cache
+    ids = torch.tensor([3, 3])
+    with torch.no_grad():
+        batch, single = lean.prefill(embeds, mask, 60)[1], alone.prefill(embeds[1:, 13:], mask[1:, 13:], 60)[0]
+        drift, scale = [(batch - single).abs().max().item()], single.abs().max().item()
+        for step in range(12):  # teacher-forced: both rows read the same tokens
+            batch, single = lean.step(ids)[1], alone.step(ids[1:])[0]
+            drift.append((batch - single).abs().max().item())
+            ids = torch.full((2,), int(single.argmax()))
+    assert max(drift) <= 0.03 * scale, (drift, scale)
