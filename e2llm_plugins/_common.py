@@ -157,7 +157,8 @@ def usage(result) -> dict[str, int]:
 
 def result_metadata(result, model_name: str, num_documents: int = 0) -> dict[str, Any]:
     meta = {"model_name": model_name, "finish_reason": result.finish_reason, **usage(result),
-            "chunks_read": len(result.chunks), "dropped_chunks": result.dropped_chunks}
+            "chunks_read": len(result.chunks), "dropped_chunks": result.dropped_chunks,
+            "raw_chunks_read": len(result.raw_chunks), "raw_only": result.raw_only}
     citations = document_citations(result, num_documents)
     if citations is not None:
         meta["citations"] = citations

@@ -248,6 +248,7 @@ def test_soft_prompts_max_tokens_reads_the_raw_chunks_alone_beyond_it(tiny_engin
     assert (beyond.prompt_tokens, beyond.text) == (raw.prompt_tokens, raw.text)
     assert compressed.soft_tokens == within.soft_tokens  # raw_top_n = 0: not hybrid, soft prompts kept
     assert from_text.soft_tokens == 0 and from_text.text == raw.text
+    assert from_text.raw_only and from_text.dropped_chunks == 0  # skipped by design, not dropped by overflow
     assert before != after and before == settings_signature("e2llm_hybrid", ck, "k", settings)
 
 

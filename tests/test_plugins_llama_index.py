@@ -98,6 +98,7 @@ def test_query_engines_answer_from_every_node(plugin_engine, index, monkeypatch)
     assert spy.calls[0]["contexts"] == [retrieved]  # each node its own chunk group
     assert [n.node.node_id for n in response.source_nodes] == ["n0", "n1", "n2"]
     assert response.metadata["e2llm"]["soft_tokens"] > 0 and response.metadata["e2llm"]["dropped_chunks"] == 0
+    assert response.metadata["e2llm"]["raw_only"] is False
     engine2 = index.as_query_engine(llm=synth.llm, response_synthesizer=synth, similarity_top_k=3)
     assert engine2.query(q).response == expected
     assert asyncio.run(engine2.aquery(q)).response == expected

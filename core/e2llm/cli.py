@@ -45,9 +45,14 @@ def cmd_ask(args) -> int:
         result = engine.generate(args.question, context, return_result=True, **kwargs)
         print(result.text)
     if args.verbose:
-        print(f"[read {result.context_tokens} document tokens as {result.soft_tokens} soft tokens + "
-              f"{result.prompt_tokens} prompt tokens; {result.new_tokens} new tokens; "
-              f"{result.dropped_chunks} chunks dropped]", file=sys.stderr)
+        if result.raw_only:  # beyond soft_prompts_max_tokens the ranker reads everything, the decoder the top chunks
+            how = (f"{result.context_tokens} document tokens ranked, the {len(result.raw_chunks)} most similar chunks "
+                   f"read as text in {result.prompt_tokens} prompt tokens (no soft prompts beyond "
+                   f"soft_prompts_max_tokens={engine.config.soft_prompts_max_tokens})")
+        else:
+            how = (f"{result.context_tokens} document tokens as {result.soft_tokens} soft tokens + "
+                   f"{result.prompt_tokens} prompt tokens; {result.dropped_chunks} chunks dropped")
+        print(f"[{how}; {result.new_tokens} new tokens]", file=sys.stderr)
     return 0
 
 

@@ -33,6 +33,7 @@ class GenerationResult:
     context_tokens: int  # encoder tokens of the document(s) that were compressed
     chunks: list[Chunk] = field(default_factory=list)  # the chunks read, in order
     dropped_chunks: int = 0  # left out under overflow="truncate"
+    raw_only: bool = False  # hybrid beyond soft_prompts_max_tokens: the raw chunks alone, no soft prompts
     raw_chunks: list[int] = field(default_factory=list)  # indices (into the context's chunks) also read raw
     chunk_scores: Optional[list[float]] = None  # attention share of each read chunk's soft tokens (sums to 1)
     citations: Optional[list["Citation"]] = None  # soft chunks and raw passages, by share of the answer's attention
@@ -212,7 +213,8 @@ class GenerationMixin:
         fit = (window - fixed) // k
         keep = list(range(len(chunks)))
         limit = self.config.soft_prompts_max_tokens  # measured where soft prompts cost answers: docs/defaults.md
-        if raw_idx and limit is not None and sum(c.num_tokens for c in chunks) > limit:
+        raw_only = bool(raw_idx) and limit is not None and sum(c.num_tokens for c in chunks) > limit
+        if raw_only:
             keep = []  # hybrid beyond the limit: the raw chunks alone (and no encoder pass for a text context)
         elif len(chunks) > fit:
             if overflow == "error":
@@ -232,7 +234,8 @@ class GenerationMixin:
             sp = SoftPrompts(self.encode_chunks(kept), kept)
         result = GenerationResult(text="", prompt_tokens=fixed - max_new_tokens, soft_tokens=sp.num_soft_tokens,
                                   new_tokens=0, context_tokens=sum(c.num_tokens for c in chunks), chunks=sp.chunks,
-                                  dropped_chunks=len(chunks) - len(keep), raw_chunks=raw_idx)
+                                  dropped_chunks=0 if raw_only else len(chunks) - len(keep), raw_only=raw_only,
+                                  raw_chunks=raw_idx)
         return _Prepared(self.layout.pieces(ids, sp.groups()), result, question, raw,
                          [None] * len(raw_texts) + [chunks[i] for i in raw_idx])
 
