@@ -175,6 +175,51 @@ def test_a_4bit_decoder_decodes_itself_and_its_checkpoint_loads_unquantized(simu
     assert plain._inference_decoder() is not plain._decoder_base  # unquantized: the merged copy as before
 
 
+def test_cli_4bit_on_the_cpu_exits_2_in_one_line_and_none_loads_it(tiny_backbones, tmp_path, capsys):
+    from e2llm.cli import main
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        E2LLM.build(tiny_config(*tiny_backbones)).save_pretrained(tmp_path / "ck")
+    capsys.readouterr()
+    assert main(["info", "--checkpoint", str(tmp_path / "ck"), "--device", "cpu", "--quantize", "4bit"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("e2llm: error: decoder.quantization 4bit needs a CUDA GPU") and "\n" not in err
+    cfg = json.loads((tmp_path / "ck" / "config.json").read_text())
+    cfg["decoder"]["quantization"] = "4bit"  # as a 4-bit training run records it
+    (tmp_path / "ck" / "config.json").write_text(json.dumps(cfg))
+    assert main(["info", "--checkpoint", str(tmp_path / "ck"), "--device", "cpu"]) == 2
+    assert "--quantize none" in capsys.readouterr().err
+    assert main(["info", "--checkpoint", str(tmp_path / "ck"), "--device", "cpu", "--quantize", "none"]) == 0
+    assert json.loads(capsys.readouterr().out.split("\nparameters:")[0])["decoder"]["quantization"] == "none"
+
+
+def test_train_quantize_flag_reaches_the_load(tiny_backbones, tmp_path, monkeypatch, capsys):
+    from e2llm import model
+    from e2llm.cli import main
+
+    monkeypatch.setattr(model, "load_backbone", lambda *a, **k: pytest.fail("loaded weights before checking quantization"))
+    config = tmp_path / "train.json"
+    config.write_text(json.dumps({"model": tiny_config(*tiny_backbones).model_dump(mode="json"), "device": "cpu"}))
+    assert main(["train", "--config", str(config), "--quantize", "4bit", "--output-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("e2llm: error: decoder.quantization 4bit needs a CUDA GPU") and "\n" not in err
+
+
+def test_fsdp_refuses_a_4bit_decoder_before_loading(monkeypatch):
+    from e2llm.train.config import TrainConfig
+    from e2llm.train.distributed import check_parallelism
+    from e2llm.train.trainer import Trainer
+
+    check_parallelism("ddp", "4bit")
+    check_parallelism("fsdp", "none")
+    monkeypatch.setattr(E2LLM, "build", classmethod(lambda *a, **k: pytest.fail("loaded before refusing")))
+    cfg = TrainConfig.model_validate({"parallelism": "fsdp", "model": {"decoder": {"quantization": "4bit"}}})
+    with pytest.raises(ConfigError, match=r"^parallelism fsdp cannot shard a 4bit decoder .*; use parallelism: ddp, "
+                                          r"or model\.decoder\.quantization: none$"):
+        Trainer(cfg)
+
+
 @pytest.mark.skipif(NO_CUDA or NO_BNB, reason="needs a CUDA GPU and bitsandbytes")
 def test_real_4bit_decoder_trains_its_lora_and_generates(tiny_backbones):
     import bitsandbytes as bnb
