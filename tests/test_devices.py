@@ -220,6 +220,26 @@ def test_fsdp_refuses_a_4bit_decoder_before_loading(monkeypatch):
         Trainer(cfg)
 
 
+@pytest.mark.parametrize("quantization, built_on", [("4bit", "cuda:3"), ("none", None)])
+def test_trainer_builds_a_4bit_decoder_on_its_device(monkeypatch, quantization, built_on):
+    """bitsandbytes quantizes as it loads onto the GPU: a 4-bit engine is built there, the
+    others on the CPU as before (and moved after)."""
+    from e2llm.train.config import TrainConfig
+    from e2llm.train.trainer import Trainer
+
+    calls = []
+
+    def build(cls, config, **kwargs):
+        calls.append(kwargs)
+        raise DeviceError("stop here")
+
+    monkeypatch.setattr(E2LLM, "build", classmethod(build))
+    cfg = TrainConfig.model_validate({"device": "cuda:3", "model": {"decoder": {"quantization": quantization}}})
+    with pytest.raises(DeviceError, match="stop here"):
+        Trainer(cfg)
+    assert calls == [{"dtype": "float32", "quantization": quantization, "device": built_on}]
+
+
 @pytest.mark.skipif(NO_CUDA or NO_BNB, reason="needs a CUDA GPU and bitsandbytes")
 def test_real_4bit_decoder_trains_its_lora_and_generates(tiny_backbones):
     import bitsandbytes as bnb
