@@ -1,5 +1,5 @@
 """What the LangChain and LlamaIndex plugins share: where the engine comes from (a checkpoint,
-loaded once per process per checkpoint, device and dtype, and shared; or a ready engine), how
+loaded once per process per checkpoint, device, dtype and quantization, and shared; or a ready engine), how
 documents become one request (each document its own chunk group; hybrid reading takes the top
 chunks across all of them, as the engine and the evaluation do), and how a GenerationResult
 becomes usage numbers and per-document citations.
@@ -32,17 +32,19 @@ def checkpoint_name(checkpoint: Any) -> Any:
     return os.fspath(checkpoint) if isinstance(checkpoint, os.PathLike) else checkpoint
 
 
-def _key(checkpoint: str | Path, device: Optional[str] = None, dtype: Optional[str] = None) -> tuple:
+def _key(checkpoint: str | Path, device: Optional[str] = None, dtype: Optional[str] = None,
+         quantization: Optional[str] = None) -> tuple:
     text = str(checkpoint)
     path = Path(text).expanduser()
-    return (str(path.resolve()) if text != "default" and path.exists() else text, device, dtype)
+    return (str(path.resolve()) if text != "default" and path.exists() else text, device, dtype, quantization)
 
 
-def load_engine(checkpoint: str | Path = "default", *, device: Optional[str] = None, dtype: Optional[str] = None):
-    """The engine for `checkpoint` on `device` in `dtype` (None: from_pretrained's defaults),
-    loaded on first use and shared by every plugin object in the process that names the same
-    three (one copy of the weights, one load)."""
-    key = _key(checkpoint, device, dtype)
+def load_engine(checkpoint: str | Path = "default", *, device: Optional[str] = None, dtype: Optional[str] = None,
+                quantization: Optional[str] = None):
+    """The engine for `checkpoint` on `device` in `dtype` with the decoder's `quantization`
+    (None: from_pretrained's defaults), loaded on first use and shared by every plugin object in
+    the process that names the same four (one copy of the weights, one load)."""
+    key = _key(checkpoint, device, dtype, quantization)
     with _GUARD:
         if key in _ENGINES:
             return _ENGINES[key]
@@ -51,28 +53,31 @@ def load_engine(checkpoint: str | Path = "default", *, device: Optional[str] = N
         if key not in _ENGINES:
             from e2llm import E2LLM as E2LLMEngine
 
-            options = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
+            options = {k: v for k, v in (("device", device), ("dtype", dtype), ("quantization", quantization)) if v is not None}
             engine = E2LLMEngine.from_pretrained(checkpoint_name(checkpoint), **options)
             with _GUARD:
                 _ENGINES[key] = engine
         return _ENGINES[key]
 
 
-def check_source(engine: Any, checkpoint: Any, owner: str, device: Optional[str] = None, dtype: Optional[str] = None) -> None:
+def check_source(engine: Any, checkpoint: Any, owner: str, device: Optional[str] = None, dtype: Optional[str] = None,
+                 quantization: Optional[str] = None) -> None:
     """Validate constructor arguments without loading anything."""
     if engine is not None and checkpoint is not None:
         raise ValueError(f"{owner}: pass either engine= (a loaded e2llm.E2LLM) or checkpoint= (a folder or 'default'), not both")
     if engine is not None and not (hasattr(engine, "generate_batch") and hasattr(engine, "stream")):
         raise TypeError(f"{owner}: engine= must be an e2llm.E2LLM engine, got {type(engine).__name__}")
-    if engine is not None and (device is not None or dtype is not None):
-        raise ValueError(f"{owner}: device= and dtype= say how to load checkpoint=; an engine= is already loaded "
-                         f"(load it with E2LLM.from_pretrained(..., device=..., dtype=...) instead)")
+    if engine is not None and (device is not None or dtype is not None or quantization is not None):
+        raise ValueError(f"{owner}: device=, dtype= and quantization= say how to load checkpoint=; an engine= is already "
+                         f"loaded (load it with E2LLM.from_pretrained(..., device=..., dtype=..., quantization=...) instead)")
 
 
-def get_engine(engine: Any, checkpoint: Any, device: Optional[str] = None, dtype: Optional[str] = None):
+def get_engine(engine: Any, checkpoint: Any, device: Optional[str] = None, dtype: Optional[str] = None,
+               quantization: Optional[str] = None):
     if engine is not None:
         return engine
-    return load_engine(checkpoint if checkpoint is not None else "default", device=device, dtype=dtype)
+    return load_engine(checkpoint if checkpoint is not None else "default", device=device, dtype=dtype,
+                       quantization=quantization)
 
 
 def source_name(engine: Any, checkpoint: Any) -> str:

@@ -6,8 +6,8 @@ arguments (``llm.invoke(q, documents=docs)``, ``llm.bind(documents=docs)``), as 
 content blocks in chat messages, or (``E2LLM``, only when ``context_separator`` is set) inside
 the prompt: the text before the last separator is the document. By default the whole prompt is
 the question. Each Document is its own chunk group. Models are built from ``checkpoint=`` (a
-folder, a Path or "default"; loaded on first use, once per checkpoint, device and dtype, and
-shared) or ``engine=``; constructors load nothing.
+folder, a Path or "default"; loaded on first use, once per checkpoint, device, dtype and
+quantization, and shared) or ``engine=``; constructors load nothing.
 """
 from __future__ import annotations
 
@@ -41,8 +41,9 @@ class _E2LLMParams(BaseModel):
     """Settings shared by the LLM and the chat model.
 
     checkpoint: a folder (str or Path) or "default", loaded on first use (neither this nor
-    engine: "default"); device ("cpu", "cuda", "cuda:1", "auto") and dtype ("float32",
-    "bfloat16", "float16") say how to load it (None: E2LLM.from_pretrained's defaults); engine:
+    engine: "default"); device ("cpu", "cuda", "cuda:1", "auto"), dtype ("float32",
+    "bfloat16", "float16") and quantization (the decoder's base weights: "none", or "4bit" on
+    CUDA with bitsandbytes) say how to load it (None: E2LLM.from_pretrained's defaults); engine:
     a ready e2llm.E2LLM. max_tokens: new tokens at most (None: the checkpoint's
     prompt.max_new_tokens); temperature 0 = greedy. raw_top_n: hybrid reading, also the raw
     text of the n chunks most similar to the question, across all documents (0 = compressed
@@ -55,6 +56,7 @@ class _E2LLMParams(BaseModel):
     checkpoint: Optional[str] = None
     device: Optional[str] = None
     dtype: Optional[str] = None
+    quantization: Optional[str] = None
     engine: Optional[Any] = Field(default=None, exclude=True, repr=False)
     max_tokens: Optional[int] = Field(default=None, ge=1)
     temperature: float = 0.0
@@ -78,7 +80,7 @@ class _E2LLMParams(BaseModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> "_E2LLMParams":
-        check_source(self.engine, self.checkpoint, type(self).__name__, self.device, self.dtype)
+        check_source(self.engine, self.checkpoint, type(self).__name__, self.device, self.dtype, self.quantization)
         return self
 
     @property
@@ -86,7 +88,7 @@ class _E2LLMParams(BaseModel):
         return source_name(self.engine, self.checkpoint)
 
     def _engine(self):
-        return get_engine(self.engine, self.checkpoint, self.device, self.dtype)
+        return get_engine(self.engine, self.checkpoint, self.device, self.dtype, self.quantization)
 
     def _options(self, stop: Optional[list[str]], kwargs: dict) -> dict:
         bad = set(kwargs) - _CALL_KWARGS - _IGNORED_CALL
@@ -157,7 +159,7 @@ class _E2LLMParams(BaseModel):
     @property
     def _identifying_params(self) -> dict[str, Any]:
         return {"model_name": self.model_name, "checkpoint": self.checkpoint, "device": self.device, "dtype": self.dtype,
-                "max_tokens": self.max_tokens, "top_p": self.top_p,
+                "quantization": self.quantization, "max_tokens": self.max_tokens, "top_p": self.top_p,
                 "temperature": self.temperature, "raw_top_n": self.raw_top_n, "overflow": self.overflow,
                 "context_separator": getattr(self, "context_separator", None)}
 

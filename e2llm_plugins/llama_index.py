@@ -5,7 +5,7 @@ e2llm's decoder too).
     query_engine = RetrieverQueryEngine(retriever, response_synthesizer=E2LLMSynthesizer(checkpoint="default"))
 
 Both are built from ``checkpoint=`` (a folder, a Path or "default"; loaded on first use, once
-per checkpoint, device and dtype, and shared) or ``engine=``; neither ever resolves
+per checkpoint, device, dtype and quantization, and shared) or ``engine=``; neither ever resolves
 ``Settings.llm``. Retrieval scores stay the retriever's: the answer's citation share goes into
 each source node's metadata (``citation_score``).
 """
@@ -41,6 +41,8 @@ class E2LLMLLM(CustomLLM):
     checkpoint: Optional[str] = Field(default=None, description='checkpoint folder (str or Path) or "default", loaded on first use')
     device: Optional[str] = Field(default=None, description='"cpu", "cuda", "cuda:1" or "auto"; None: from_pretrained\'s default')
     dtype: Optional[str] = Field(default=None, description='"float32", "bfloat16" or "float16"; None: from_pretrained\'s default')
+    quantization: Optional[str] = Field(default=None, description='the decoder\'s base weights: "none", or "4bit" (CUDA and '
+                                        'bitsandbytes); None: what the checkpoint was trained with')
     engine: Optional[Any] = Field(default=None, exclude=True, repr=False, description="a ready e2llm.E2LLM")
     max_new_tokens: Optional[int] = Field(default=None, ge=1, description="None: the checkpoint's prompt.max_new_tokens")
     temperature: float = Field(default=0.0, description="0 = greedy decoding")
@@ -55,7 +57,7 @@ class E2LLMLLM(CustomLLM):
 
     @model_validator(mode="after")
     def _one_source(self) -> "E2LLMLLM":
-        check_source(self.engine, self.checkpoint, "E2LLMLLM", self.device, self.dtype)
+        check_source(self.engine, self.checkpoint, "E2LLMLLM", self.device, self.dtype, self.quantization)
         return self
 
     @classmethod
@@ -63,7 +65,7 @@ class E2LLMLLM(CustomLLM):
         return "E2LLMLLM"
 
     def _engine(self):
-        return get_engine(self.engine, self.checkpoint, self.device, self.dtype)
+        return get_engine(self.engine, self.checkpoint, self.device, self.dtype, self.quantization)
 
     @property
     def metadata(self) -> LLMMetadata:
@@ -75,8 +77,8 @@ class E2LLMLLM(CustomLLM):
         """What instrumentation events carry; unlike ``metadata`` it never loads the engine, so
         bad input is still rejected before any model loads."""
         return {"class_name": self.class_name(), "model_name": source_name(self.engine, self.checkpoint),
-                "device": self.device, "dtype": self.dtype, "max_new_tokens": self.max_new_tokens,
-                "temperature": self.temperature, "raw_top_n": self.raw_top_n, "overflow": self.overflow}
+                "device": self.device, "dtype": self.dtype, "quantization": self.quantization,
+                "max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "raw_top_n": self.raw_top_n, "overflow": self.overflow}
 
     def _prepare(self, prompt: str, kwargs: dict):
         bad = set(kwargs) - _LLM_KWARGS
@@ -139,19 +141,21 @@ class E2LLMSynthesizer(BaseSynthesizer):
     the share of the answer's attention each node got, in its metadata "citation_score" (one
     more forward pass); NodeWithScore.score and the node order stay the retriever's. overflow:
     "error" or "truncate" (Response.metadata["e2llm"]["dropped_chunks"] says how many).
-    device/dtype: how to load checkpoint= (None: E2LLM.from_pretrained's defaults).
+    device/dtype/quantization: how to load checkpoint= (None: E2LLM.from_pretrained's defaults).
     """
 
     def __init__(self, checkpoint: Union[str, Path, None] = None, engine: Any = None, *, device: Optional[str] = None,
-                 dtype: Optional[str] = None, raw_top_n: Optional[int] = None, overflow: Literal["error", "truncate"] = "error",
+                 dtype: Optional[str] = None, quantization: Optional[str] = None, raw_top_n: Optional[int] = None,
+                 overflow: Literal["error", "truncate"] = "error",
                  max_new_tokens: Optional[int] = None, temperature: float = 0.0, return_citations: bool = False,
                  streaming: bool = False, callback_manager: Any = None, empty_response: Optional[str] = None) -> None:
         checkpoint = checkpoint_name(checkpoint)
-        check_source(engine, checkpoint, "E2LLMSynthesizer", device, dtype)
-        self._source, self._raw_top_n, self._citations = (engine, checkpoint, device, dtype), raw_top_n, return_citations
+        check_source(engine, checkpoint, "E2LLMSynthesizer", device, dtype, quantization)
+        self._source = (engine, checkpoint, device, dtype, quantization)
+        self._raw_top_n, self._citations = raw_top_n, return_citations
         self._gen = generation_kwargs(max_new_tokens=max_new_tokens, temperature=temperature, top_p=1.0, stop=None, overflow=overflow)
-        llm = E2LLMLLM(checkpoint=checkpoint, engine=engine, device=device, dtype=dtype, max_new_tokens=max_new_tokens,
-                       temperature=temperature, overflow=overflow)
+        llm = E2LLMLLM(checkpoint=checkpoint, engine=engine, device=device, dtype=dtype, quantization=quantization,
+                       max_new_tokens=max_new_tokens, temperature=temperature, overflow=overflow)
         # e2llm never repacks text, so the prompt helpers are placeholders: passing them keeps the
         # engine unloaded until first use (and needs no tiktoken); the explicit llm keeps Settings.llm unresolved
         super().__init__(llm=llm, callback_manager=callback_manager, streaming=streaming, empty_response=empty_response,

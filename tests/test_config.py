@@ -33,6 +33,17 @@ def test_bad_values_are_precise(data, needle):
     assert needle in str(e.value) and str(e.value).startswith("x.json:")
 
 
+def test_decoder_quantization_is_none_or_4bit():
+    assert E2LLMConfig().decoder.quantization == "none"
+    cfg = E2LLMConfig.model_validate({"decoder": {"quantization": "4bit"}})
+    assert json.loads(cfg.to_json())["decoder"]["quantization"] == "4bit"  # what a checkpoint's config.json records
+    assert E2LLMConfig.from_json(cfg.to_json()) == cfg
+    for bad in ("8bit", "nf4", 4):
+        with pytest.raises(ConfigError) as e:
+            E2LLMConfig.from_json(json.dumps({"decoder": {"quantization": bad}}), source="c.json")
+        assert str(e.value) == "c.json: decoder.quantization: Input should be 'none' or '4bit'"
+
+
 def test_broken_json():
     with pytest.raises(ConfigError, match="not valid JSON"):
         E2LLMConfig.from_json("{", source="c.json")

@@ -1,5 +1,7 @@
 """Device and precision options, backbone settings (pooling, attention kernel, LoRA targets,
 gradient checkpointing) and their one-line errors."""
+import importlib.util
+import json
 import warnings
 
 import pytest
@@ -7,11 +9,12 @@ import torch
 
 from e2llm import E2LLM, ConfigError
 from e2llm.adapter import mean_pool, pool
-from e2llm.devices import resolve_device, resolve_dtype
+from e2llm.devices import check_quantization, resolve_device, resolve_dtype
 from e2llm.errors import DeviceError
 from e2llm.testing import tiny_config
 
 NO_CUDA = not torch.cuda.is_available()
+NO_BNB = importlib.util.find_spec("bitsandbytes") is None
 
 
 def test_device_names():
@@ -66,6 +69,199 @@ def test_cli_bad_device_and_dtype_exit_2_in_one_line(tiny_backbones, tmp_path, c
     assert main(["info", "--checkpoint", str(tmp_path / "ck"), "--device", bad]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("e2llm: error: ") and bad in err and "\n" not in err
+
+
+# ---------------------------------------------------------------- 4-bit decoder (QLoRA)
+def _bitsandbytes_installed(monkeypatch, installed: bool) -> None:
+    """find_spec as if bitsandbytes were (not) installed, whatever this machine has."""
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: (object() if installed else None) if name == "bitsandbytes" else real(name, *a))
+
+
+def test_4bit_needs_a_cuda_device_and_bitsandbytes(monkeypatch):
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    check_quantization("none", cpu)  # needs nothing
+    with pytest.raises(DeviceError) as e:
+        check_quantization("4bit", cpu)
+    assert str(e.value) == ("decoder.quantization 4bit needs a CUDA GPU (device is cpu); "
+                            "use quantization: none on the CPU (--quantize none)")
+    _bitsandbytes_installed(monkeypatch, False)
+    with pytest.raises(DeviceError) as e:
+        check_quantization("4bit", gpu)
+    assert str(e.value) == ("decoder.quantization 4bit needs bitsandbytes, which is not installed; "
+                            "pip install bitsandbytes, or use quantization: none")
+    _bitsandbytes_installed(monkeypatch, True)
+    check_quantization("4bit", gpu)
+    with pytest.raises(DeviceError, match="unknown quantization '8bit'; use one of none, 4bit"):
+        check_quantization("8bit", gpu)
+
+
+def test_4bit_load_arguments_are_qlora_nf4_on_the_gpu_in_use():
+    from e2llm.backbones import quantized_load_kwargs
+
+    assert quantized_load_kwargs("none", torch.device("cpu")) == {}
+    kwargs = quantized_load_kwargs("4bit", torch.device("cuda", 1))  # transformers' config object needs no bitsandbytes
+    assert kwargs["device_map"] == {"": "cuda:1"}
+    q = kwargs["quantization_config"]
+    assert (q.load_in_4bit, q.load_in_8bit, q.bnb_4bit_quant_type, q.bnb_4bit_use_double_quant, q.bnb_4bit_compute_dtype) \
+        == (True, False, "nf4", True, torch.bfloat16)
+    with pytest.raises(DeviceError):
+        quantized_load_kwargs("4bit", torch.device("cpu"))
+
+
+def test_4bit_on_the_cpu_is_refused_before_loading(tiny_backbones, monkeypatch):
+    from e2llm import model
+
+    monkeypatch.setattr(model, "load_backbone", lambda *a, **k: pytest.fail("loaded weights before checking quantization"))
+    with pytest.raises(DeviceError, match="needs a CUDA GPU"):
+        E2LLM.build(tiny_config(*tiny_backbones, decoder={"quantization": "4bit"}))
+    with pytest.raises(DeviceError, match="needs a CUDA GPU"):
+        E2LLM.build(tiny_config(*tiny_backbones), quantization="4bit", device="cpu")
+
+
+@pytest.fixture
+def simulated_4bit(monkeypatch):
+    """The 4-bit load path on the CPU: the checks pass, transformers loads plain weights (not
+    bitsandbytes' NF4 ones) and marks the decoder as it marks a 4-bit model; peft's
+    prepare_model_for_kbit_training still runs. Returns the quantizations load_backbone asked for."""
+    from e2llm import backbones, model
+
+    asked = []
+    monkeypatch.setattr(model, "check_quantization", lambda quantization, device, part="decoder": None)
+    monkeypatch.setattr(backbones, "quantized_load_kwargs", lambda quantization, device: asked.append(quantization) or {})
+    prepare = backbones.prepare_quantized
+
+    def marked(decoder):
+        decoder.is_loaded_in_4bit, decoder.quantization_method = True, "bitsandbytes"  # as transformers' quantizer does
+        return prepare(decoder)
+
+    monkeypatch.setattr(backbones, "prepare_quantized", marked)
+    return asked
+
+
+def test_a_4bit_decoder_decodes_itself_and_its_checkpoint_loads_unquantized(simulated_4bit, monkeypatch, tiny_backbones, tmp_path):
+    engine = E2LLM.build(tiny_config(*tiny_backbones, decoder={"quantization": "4bit"}), dtype="bfloat16")
+    assert simulated_4bit == ["none", "4bit"]  # the encoder stays unquantized
+    assert engine.config.decoder.quantization == "4bit"
+    base = engine._decoder_base
+    assert base.get_input_embeddings().weight.dtype == torch.float32  # peft's preparation upcast what is not quantized
+    assert all(not p.requires_grad for n, p in base.named_parameters() if "lora_" not in n)
+    # inference: no merged bf16 copy of 4-bit weights; the decoder itself, LoRA unmerged
+    assert engine.fast_decode and engine._inference_decoder() is base
+    with torch.no_grad():
+        for name, p in engine.decoder.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.3)
+    doc, q = "The fox lives in the forest. " * 10, "Where does the fox live?"
+    answer = engine.generate(q, doc, return_result=True)
+    assert answer.new_tokens > 0
+    engine.fast_decode = False
+    assert engine.generate(q, doc) == answer.text
+    engine.save_pretrained(tmp_path / "ck")
+    saved = json.loads((tmp_path / "ck" / "config.json").read_text())
+    assert saved["decoder"]["quantization"] == "4bit"
+
+    monkeypatch.undo()  # the real checks from here on: this machine as it is
+    if NO_CUDA:
+        with pytest.raises(DeviceError, match="needs a CUDA GPU"):
+            E2LLM.from_pretrained(tmp_path / "ck")  # the checkpoint's own setting, refused on the CPU
+    plain = E2LLM.from_pretrained(tmp_path / "ck", quantization="none")  # same LoRA tensors, full-precision base
+    assert plain.config.decoder.quantization == "none"
+    want, got = engine.trained_state_dict(), plain.trained_state_dict()
+    assert want.keys() == got.keys() and any("decoder_lora." in k for k in want)
+    for k in want:
+        assert torch.equal(got[k].float(), want[k].float()), k
+    assert plain._inference_decoder() is not plain._decoder_base  # unquantized: the merged copy as before
+
+
+def test_cli_4bit_on_the_cpu_exits_2_in_one_line_and_none_loads_it(tiny_backbones, tmp_path, capsys):
+    from e2llm.cli import main
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        E2LLM.build(tiny_config(*tiny_backbones)).save_pretrained(tmp_path / "ck")
+    capsys.readouterr()
+    assert main(["info", "--checkpoint", str(tmp_path / "ck"), "--device", "cpu", "--quantize", "4bit"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("e2llm: error: decoder.quantization 4bit needs a CUDA GPU") and "\n" not in err
+    cfg = json.loads((tmp_path / "ck" / "config.json").read_text())
+    cfg["decoder"]["quantization"] = "4bit"  # as a 4-bit training run records it
+    (tmp_path / "ck" / "config.json").write_text(json.dumps(cfg))
+    assert main(["info", "--checkpoint", str(tmp_path / "ck"), "--device", "cpu"]) == 2
+    assert "--quantize none" in capsys.readouterr().err
+    assert main(["info", "--checkpoint", str(tmp_path / "ck"), "--device", "cpu", "--quantize", "none"]) == 0
+    assert json.loads(capsys.readouterr().out.split("\nparameters:")[0])["decoder"]["quantization"] == "none"
+
+
+def test_train_quantize_flag_reaches_the_load(tiny_backbones, tmp_path, monkeypatch, capsys):
+    from e2llm import model
+    from e2llm.cli import main
+
+    monkeypatch.setattr(model, "load_backbone", lambda *a, **k: pytest.fail("loaded weights before checking quantization"))
+    config = tmp_path / "train.json"
+    config.write_text(json.dumps({"model": tiny_config(*tiny_backbones).model_dump(mode="json"), "device": "cpu"}))
+    assert main(["train", "--config", str(config), "--quantize", "4bit", "--output-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("e2llm: error: decoder.quantization 4bit needs a CUDA GPU") and "\n" not in err
+
+
+def test_fsdp_refuses_a_4bit_decoder_before_loading(monkeypatch):
+    from e2llm.train.config import TrainConfig
+    from e2llm.train.distributed import check_parallelism
+    from e2llm.train.trainer import Trainer
+
+    check_parallelism("ddp", "4bit")
+    check_parallelism("fsdp", "none")
+    monkeypatch.setattr(E2LLM, "build", classmethod(lambda *a, **k: pytest.fail("loaded before refusing")))
+    cfg = TrainConfig.model_validate({"parallelism": "fsdp", "model": {"decoder": {"quantization": "4bit"}}})
+    with pytest.raises(ConfigError, match=r"^parallelism fsdp cannot shard a 4bit decoder .*; use parallelism: ddp, "
+                                          r"or model\.decoder\.quantization: none$"):
+        Trainer(cfg)
+
+
+@pytest.mark.parametrize("quantization, built_on", [("4bit", "cuda:3"), ("none", None)])
+def test_trainer_builds_a_4bit_decoder_on_its_device(monkeypatch, quantization, built_on):
+    """bitsandbytes quantizes as it loads onto the GPU: a 4-bit engine is built there, the
+    others on the CPU as before (and moved after)."""
+    from e2llm.train.config import TrainConfig
+    from e2llm.train.trainer import Trainer
+
+    calls = []
+
+    def build(cls, config, **kwargs):
+        calls.append(kwargs)
+        raise DeviceError("stop here")
+
+    monkeypatch.setattr(E2LLM, "build", classmethod(build))
+    cfg = TrainConfig.model_validate({"device": "cuda:3", "model": {"decoder": {"quantization": quantization}}})
+    with pytest.raises(DeviceError, match="stop here"):
+        Trainer(cfg)
+    assert calls == [{"dtype": "float32", "quantization": quantization, "device": built_on}]
+
+
+@pytest.mark.skipif(NO_CUDA or NO_BNB, reason="needs a CUDA GPU and bitsandbytes")
+def test_real_4bit_decoder_trains_its_lora_and_generates(tiny_backbones):
+    import bitsandbytes as bnb
+
+    from e2llm.train.data import Sample
+    from e2llm.train.trainer import ObjectiveLoss, set_trainable
+
+    engine = E2LLM.build(tiny_config(*tiny_backbones), device="cuda", quantization="4bit")
+    base = engine._decoder_base
+    assert getattr(base, "is_loaded_in_4bit", False)
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in base.modules())
+    assert engine._inference_decoder() is base
+    assert engine.generate("Where does the fox live?", "The fox lives in the forest. " * 10, return_result=True).new_tokens > 0
+    set_trainable(engine, "all")
+    engine.train()
+    sample = Sample("reason", "The red fox lives in the northern forest. " * 8, "Where does the fox live?", "In the forest.")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        ce, n = ObjectiveLoss(engine)([sample])
+    (ce.sum() / n.sum()).backward()
+    lora = {k: p for k, p in engine.decoder.named_parameters() if "lora_" in k}
+    assert lora and all(p.dtype == torch.float32 and p.grad is not None for p in lora.values())
+    assert all(p.grad is None for k, p in engine.decoder.named_parameters() if "lora_" not in k)
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])

@@ -95,6 +95,8 @@ def test_constructors_load_nothing_and_validate(tmp_path, plugin_engine):
     assert E2LLM(checkpoint=tmp_path / "no-such-checkpoint").checkpoint == missing  # a Path is accepted
     with pytest.raises(ValueError, match="an engine= is already loaded"):
         ChatE2LLM(engine=plugin_engine, device="cpu")
+    with pytest.raises(ValueError, match="an engine= is already loaded"):
+        E2LLM(engine=plugin_engine, quantization="none")
     with pytest.raises(ValidationError, match="max_tokens"):
         E2LLM(engine=plugin_engine, max_tokens=0)
     assert llm._identifying_params["checkpoint"] == missing and chat._get_ls_params()["ls_model_name"] == f"e2llm:{missing}"
@@ -122,14 +124,16 @@ def test_checkpoint_loads_once_across_threads_and_models(monkeypatch, tmp_path):
     monkeypatch.setattr(e2llm.E2LLM, "from_pretrained", classmethod(slow_load))
     path = str(tmp_path)
     models = [E2LLM(checkpoint=path), ChatE2LLM(checkpoint=tmp_path)] * 3
-    on_device = [E2LLM(checkpoint=path, device="cuda:1", dtype="bfloat16"), ChatE2LLM(checkpoint=path, device="cuda:1", dtype="bfloat16")]
+    load_as = dict(device="cuda:1", dtype="bfloat16", quantization="4bit")
+    on_device = [E2LLM(checkpoint=path, **load_as), ChatE2LLM(checkpoint=path, **load_as)]
     try:
         with ThreadPoolExecutor(6) as pool:
             engines = list(pool.map(lambda m: m._engine(), models))
         assert loads == [(path, {})] and all(e is engines[0] for e in engines)
-        # device and dtype reach from_pretrained, and the shared engine is keyed on them too
+        # device, dtype and quantization reach from_pretrained, and the shared engine is keyed on them too
         assert on_device[0]._engine() is on_device[1]._engine() is not engines[0]
-        assert loads[1:] == [(path, {"device": "cuda:1", "dtype": "bfloat16"})]
+        assert E2LLM(checkpoint=path, device="cuda:1", dtype="bfloat16")._engine() is not on_device[0]._engine()
+        assert loads[1:] == [(path, load_as), (path, {"device": "cuda:1", "dtype": "bfloat16"})]
     finally:
         for key in [k for k in _common._ENGINES if k[0] == str(tmp_path.resolve())]:
             _common._ENGINES.pop(key)

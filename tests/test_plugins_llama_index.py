@@ -63,9 +63,11 @@ def test_construction_loads_nothing(tmp_path, plugin_engine):
     assert E2LLMSynthesizer(checkpoint=tmp_path / "no-such", device="cpu").llm.device == "cpu"
     with pytest.raises(ValueError, match="an engine= is already loaded"):
         E2LLMSynthesizer(engine=plugin_engine, dtype="bfloat16")
+    with pytest.raises(ValueError, match="an engine= is already loaded"):
+        E2LLMSynthesizer(engine=plugin_engine, quantization="4bit")
 
 
-def test_device_and_dtype_reach_from_pretrained(monkeypatch, tmp_path):
+def test_device_dtype_and_quantization_reach_from_pretrained(monkeypatch, tmp_path):
     import e2llm
     from e2llm_plugins import _common
 
@@ -77,10 +79,12 @@ def test_device_and_dtype_reach_from_pretrained(monkeypatch, tmp_path):
 
     monkeypatch.setattr(e2llm.E2LLM, "from_pretrained", classmethod(load))
     try:
-        synth = E2LLMSynthesizer(checkpoint=tmp_path, device="cuda:1", dtype="float16")
-        assert synth._engine() is synth.llm._engine() is E2LLMLLM(checkpoint=str(tmp_path), device="cuda:1", dtype="float16")._engine()
+        load_as = dict(device="cuda:1", dtype="float16", quantization="4bit")
+        synth = E2LLMSynthesizer(checkpoint=tmp_path, **load_as)
+        assert synth._engine() is synth.llm._engine() is E2LLMLLM(checkpoint=str(tmp_path), **load_as)._engine()
         assert E2LLMLLM(checkpoint=tmp_path)._engine() is not synth._engine()  # another device/dtype: another engine
-        assert loads == [(str(tmp_path), {"device": "cuda:1", "dtype": "float16"}), (str(tmp_path), {})]
+        assert E2LLMLLM(checkpoint=tmp_path, device="cuda:1", dtype="float16")._engine() is not synth._engine()
+        assert loads == [(str(tmp_path), load_as), (str(tmp_path), {}), (str(tmp_path), {"device": "cuda:1", "dtype": "float16"})]
     finally:
         for key in [k for k in _common._ENGINES if k[0] == str(tmp_path.resolve())]:
             _common._ENGINES.pop(key)

@@ -33,14 +33,37 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def load_backbone(part: str, cfg: EncoderConfig | DecoderConfig, dtype: torch.dtype):
-    """(model, fast tokenizer, resolved folder or hub id) for part "encoder" or "decoder"."""
+def bnb_4bit_config():
+    """QLoRA's storage (Dettmers et al., 2023): NF4 base weights with double-quantized scales,
+    dequantized to bfloat16 for each product. Built without bitsandbytes (transformers' config
+    object needs it only when a model loads)."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16)
+
+
+def quantized_load_kwargs(quantization: str, device: torch.device | None) -> dict:
+    """from_pretrained's extra arguments for the decoder's base weights: none, or 4-bit on `device`.
+    bitsandbytes quantizes each weight as it is loaded onto the GPU, so the whole decoder loads
+    straight onto the CUDA device in use (left unset, transformers would pick the current one)."""
+    if quantization == "none":
+        return {}
+    if device is None or device.type != "cuda":  # check_quantization says this in user terms first
+        raise DeviceError(f"4-bit weights load on a CUDA device, not {device}")
+    return {"quantization_config": bnb_4bit_config(), "device_map": {"": str(device)}}
+
+
+def load_backbone(part: str, cfg: EncoderConfig | DecoderConfig, dtype: torch.dtype, device: torch.device | None = None):
+    """(model, fast tokenizer, resolved folder or hub id) for part "encoder" or "decoder".
+    device: where a quantized decoder loads (unquantized ones load on the CPU and are moved)."""
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     name = cfg.name_or_path
     path = defaults.resolve_encoder(name) if part == "encoder" else defaults.resolve_decoder(name)
     cls = AutoModel if part == "encoder" else AutoModelForCausalLM
-    kwargs = dict(dtype=dtype, trust_remote_code=cfg.trust_remote_code)
+    quantization = getattr(cfg, "quantization", "none")  # the decoder's setting; encoders stay unquantized
+    kwargs = dict(dtype=dtype, trust_remote_code=cfg.trust_remote_code, **quantized_load_kwargs(quantization, device))
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
     try:
@@ -60,7 +83,19 @@ def load_backbone(part: str, cfg: EncoderConfig | DecoderConfig, dtype: torch.dt
                                  "or a hub id on a machine that can reach the hub") from None
     if not getattr(tok, "is_fast", False):
         raise ModelNotFoundError(f"the {part} '{name}' has no fast tokenizer; chunk offsets need one")
+    if quantization != "none":
+        model = prepare_quantized(model)
     return model, tok, str(path)
+
+
+def prepare_quantized(model: nn.Module) -> nn.Module:
+    """peft's preparation of a k-bit model for LoRA training: every base weight frozen, and the
+    layers left unquantized (norms, embeddings, lm_head) upcast to float32 for stable gradients.
+    Gradient checkpointing stays off here: peft would switch it on by default, with reentrant
+    checkpoints; the trainer's optim.gradient_checkpointing decides (E2LLM.enable_gradient_checkpointing)."""
+    from peft import prepare_model_for_kbit_training
+
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 
 def sentence_transformers_pooling(path: str) -> str | None:

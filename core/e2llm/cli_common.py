@@ -13,6 +13,7 @@ from pathlib import Path
 from .errors import InputError
 
 DTYPES = ("float32", "bfloat16", "float16")
+QUANTIZATIONS = ("none", "4bit")  # e2llm.devices.QUANTIZATIONS, without importing torch for --help
 
 
 def read_text_file(path: str) -> str:
@@ -47,22 +48,26 @@ def quiet_libraries() -> None:
 
 
 def add_model_args(sp, checkpoint: bool = True) -> None:
-    """--checkpoint, --device, --dtype: the same three options on every command that loads a model."""
+    """--checkpoint, --device, --dtype, --quantize: the same options on every command that loads a model."""
     if checkpoint:
         sp.add_argument("--checkpoint", default="default", help="checkpoint folder, or 'default' (the shipped one)")
     sp.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: cpu)")
     sp.add_argument("--dtype", default="float32", choices=DTYPES, help="backbone precision")
+    sp.add_argument("--quantize", default=None, choices=QUANTIZATIONS,
+                    help="the decoder's base weights: 4bit (NF4, needs CUDA and bitsandbytes) or none "
+                         "(default: what the checkpoint was trained with)")
     sp.add_argument("--cache-dir", default=None, help="folder of an on-disk store of chunk encodings shared across runs "
                                                      "(keyed by content and checkpoint; default: none)")
 
 
-def load_engine(checkpoint: str, device: str | None = None, dtype: str = "float32", cache_dir: str | None = None):
+def load_engine(checkpoint: str, device: str | None = None, dtype: str = "float32", cache_dir: str | None = None,
+                quantization: str | None = None):
     """E2LLM.from_pretrained, with the 'untrained adapter' warning turned into a note on stderr."""
     from .model import E2LLM
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        engine = E2LLM.from_pretrained(checkpoint, dtype=dtype, device=device)
+        engine = E2LLM.from_pretrained(checkpoint, dtype=dtype, device=device, quantization=quantization)
     for w in caught:
         if "trained" in str(w.message):
             print(f"e2llm: note: {w.message}", file=sys.stderr)
@@ -72,4 +77,5 @@ def load_engine(checkpoint: str, device: str | None = None, dtype: str = "float3
 
 
 def load_from_args(args):
-    return load_engine(args.checkpoint, getattr(args, "device", None), args.dtype, getattr(args, "cache_dir", None))
+    return load_engine(args.checkpoint, getattr(args, "device", None), args.dtype, getattr(args, "cache_dir", None),
+                       getattr(args, "quantize", None))

@@ -29,6 +29,7 @@ class LoraSettings(_Strict):
 
 Pooling = Literal["mean", "cls", "max", "last"]
 AttnImplementation = Literal["sdpa", "eager", "flash_attention_2"]
+Quantization = Literal["none", "4bit"]
 
 
 class EncoderConfig(_Strict):
@@ -53,6 +54,9 @@ class DecoderConfig(_Strict):
     lora: LoraSettings = Field(default_factory=lambda: LoraSettings(r=8, alpha=16))
     hidden_size: Optional[int] = Field(None, ge=1, description="filled when the backbone is loaded")
     max_window_tokens: Optional[int] = Field(None, ge=16, description="context window; default: the model's own")
+    # How the frozen base weights are stored, not what trains: the LoRA tensors are the same
+    # either way, so a checkpoint trained on a 4-bit base loads with "none" on a CPU.
+    quantization: Quantization = Field("none", description="4bit: NF4 base weights via bitsandbytes (QLoRA; CUDA only)")
 
 
 class AdapterConfig(_Strict):

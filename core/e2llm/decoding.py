@@ -85,6 +85,13 @@ def lora_enabled(model: nn.Module) -> bool:
     return False
 
 
+def is_quantized(model: nn.Module) -> bool:
+    """Whether transformers loaded the model with quantized weights (peft models pass the
+    attributes through from their base model)."""
+    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
+                or getattr(model, "quantization_method", None))
+
+
 def _weights_version(model: nn.Module) -> tuple:
     # in-place updates (optimizer steps, load_state_dict) bump _version; .to() makes new tensors
     return tuple((id(p), p._version) for p in model.parameters())
@@ -99,6 +106,11 @@ class InferenceDecoders:
         self.lean = lean  # Llama-family copies run e2llm.lean's forward (same arithmetic, fewer ops)
 
     def get(self, decoder: nn.Module, fast: bool) -> nn.Module:
+        if is_quantized(decoder):
+            # 4-bit (bitsandbytes) weights cannot be deep-copied into a merged bf16 copy: merging
+            # LoRA into them would dequantize the whole model. Decode on the decoder itself, its
+            # LoRA unmerged (and so following its switch), as with fast_decode off.
+            return decoder.get_base_model() if hasattr(decoder, "get_base_model") else decoder
         param = next(decoder.parameters())
         dtype = fast_dtype(param.device, param.dtype) if fast else param.dtype
         lora_on = lora_enabled(decoder)

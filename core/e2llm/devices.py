@@ -1,6 +1,7 @@
 """Device and precision: the user's strings ("cpu", "cuda:1", "auto"; "bfloat16", ...) checked
-against this machine before any weights load, so a device that is not there or a dtype it
-cannot run is one line (a DeviceError; the CLI exits 2), never a CUDA traceback mid-load.
+against this machine before any weights load, so a device that is not there, a dtype it
+cannot run or 4-bit weights it cannot load is one line (a DeviceError; the CLI exits 2), never a
+CUDA traceback mid-load.
 """
 from __future__ import annotations
 
@@ -75,6 +76,24 @@ def check_attn_implementation(impl: str | None, device: torch.device, dtype: tor
         raise DeviceError(f"{part}.attn_implementation flash_attention_2 runs on CUDA only (device is {device}); use sdpa")
     if dtype == torch.float32:
         raise DeviceError(f"{part}.attn_implementation flash_attention_2 needs dtype bfloat16 or float16, not float32")
+
+
+QUANTIZATIONS = ("none", "4bit")
+
+
+def check_quantization(quantization: str, device: torch.device, part: str = "decoder") -> None:
+    """4-bit base weights need the bitsandbytes package and a CUDA device: checked before any
+    weights load, so a missing package is one line, not an ImportError deep inside transformers."""
+    if quantization not in QUANTIZATIONS:
+        raise DeviceError(f"unknown quantization '{quantization}'; use one of {', '.join(QUANTIZATIONS)}")
+    if quantization == "none":
+        return
+    if device.type != "cuda":
+        raise DeviceError(f"{part}.quantization 4bit needs a CUDA GPU (device is {device}); "
+                          "use quantization: none on the CPU (--quantize none)")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise DeviceError(f"{part}.quantization 4bit needs bitsandbytes, which is not installed; "
+                          "pip install bitsandbytes, or use quantization: none")
 
 
 def _mps_available() -> bool:

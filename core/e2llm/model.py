@@ -24,7 +24,7 @@ from .cache import TensorCache, content_key
 from .checkpoint import check_tensors, read_config, read_tensors, save_checkpoint
 from .chunking import Chunk, chunk_texts
 from .config import E2LLMConfig, PromptConfig, validate_config
-from .devices import DTYPES, check_attn_implementation, resolve_device, resolve_dtype
+from .devices import DTYPES, check_attn_implementation, check_quantization, resolve_device, resolve_dtype
 from .errors import CheckpointError, E2LLMError, InputError
 from .generation import GenerationMixin
 from .softprompts import SoftPrompts
@@ -85,21 +85,28 @@ class E2LLM(GenerationMixin, nn.Module):
     # ------------------------------------------------------------------ construction
     @classmethod
     def build(cls, config: E2LLMConfig | None = None, *, dtype: str = "float32", device: str | None = None,
-              cache_bytes: int = 256 * 2**20) -> "E2LLM":
+              quantization: str | None = None, cache_bytes: int = 256 * 2**20) -> "E2LLM":
         """Backbones from `config`, LoRA attached, a freshly initialised adapter (warns once: it is untrained).
-        device: "cpu" (default), "cuda", "cuda:N", "mps" or "auto"; dtype: float32, bfloat16 or float16."""
+        device: "cpu" (default), "cuda", "cuda:N", "mps" or "auto"; dtype: float32, bfloat16 or float16;
+        quantization: the decoder's base weights, "none" or "4bit" (CUDA + bitsandbytes; None: the config's)."""
         _warn_untrained_once()
-        return cls._build(config, dtype=dtype, device=device, cache_bytes=cache_bytes)
+        return cls._build(config, dtype=dtype, device=device, quantization=quantization, cache_bytes=cache_bytes)
 
     @classmethod
-    def _build(cls, config: E2LLMConfig | None, *, dtype: str, device: str | None, cache_bytes: int) -> "E2LLM":
+    def _build(cls, config: E2LLMConfig | None, *, dtype: str, device: str | None, cache_bytes: int,
+               quantization: str | None = None) -> "E2LLM":
         config = (config or E2LLMConfig()).model_copy(deep=True)
         target = resolve_device(device)  # before any weights load: a bad device fails in a second
         torch_dtype = resolve_dtype(dtype, target)
         for part in ("encoder", "decoder"):
             check_attn_implementation(getattr(config, part).attn_implementation, target, torch_dtype, part)
+        # the caller's quantization over the config's: a checkpoint records the one it trained
+        # with, and its LoRA tensors load onto either kind of base
+        quantization = config.decoder.quantization if quantization is None else quantization
+        check_quantization(quantization, target)
+        config.decoder.quantization = quantization
         enc, enc_tok, enc_path = load_backbone("encoder", config.encoder, torch_dtype)
-        dec, dec_tok, _ = load_backbone("decoder", config.decoder, torch_dtype)
+        dec, dec_tok, _ = load_backbone("decoder", config.decoder, torch_dtype, target)
         enc_dim, dec_dim = enc.config.hidden_size, dec.get_input_embeddings().weight.shape[1]
         for part, want, got in (("encoder", config.encoder.hidden_size, enc_dim), ("decoder", config.decoder.hidden_size, dec_dim)):
             if want is not None and want != got:
@@ -120,19 +127,22 @@ class E2LLM(GenerationMixin, nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path = "default", *, dtype: str = "float32", device: str | None = None,
-                        cache_bytes: int = 256 * 2**20) -> "E2LLM":
+                        quantization: str | None = None, cache_bytes: int = 256 * 2**20) -> "E2LLM":
         """Load a checkpoint folder; "default" is the checkpoint shipped for the default models.
-        device: "cpu" (default), "cuda", "cuda:N", "mps" or "auto"; dtype: float32, bfloat16 or float16."""
+        device: "cpu" (default), "cuda", "cuda:N", "mps" or "auto"; dtype: float32, bfloat16 or float16;
+        quantization: the decoder's base weights, "none" or "4bit" (CUDA + bitsandbytes; None: what the
+        checkpoint was trained with; "none" loads a 4-bit-trained checkpoint on a CPU)."""
+        options = dict(dtype=dtype, device=device, quantization=quantization, cache_bytes=cache_bytes)
         if str(name_or_path) == "default":
             path = defaults.SHIPPED_CHECKPOINT
             if not (path / "config.json").exists():
                 _warn_untrained_once(stacklevel=3)
-                return cls._build(E2LLMConfig(), dtype=dtype, device=device, cache_bytes=cache_bytes)
+                return cls._build(E2LLMConfig(), **options)
         else:
             path = Path(name_or_path)
         config = read_config(path)
         tensors = read_tensors(path)  # fail on a broken file before spending time on backbones
-        model = cls._build(config, dtype=dtype, device=device, cache_bytes=cache_bytes)
+        model = cls._build(config, **options)
         model.load_trained_state_dict(tensors, source=str(path))
         if not config.trained:
             _warn_untrained_once(stacklevel=3)

@@ -95,10 +95,10 @@ def _depths(values) -> list[float]:
     return depths
 
 
-def _load_engines(paths: list[str], device: str | None, dtype: str):
+def _load_engines(paths: list[str], device: str | None, dtype: str, quantization: str | None = None):
     from .runner import Checkpoint, checkpoint_labels
 
-    engines = [load_engine(p, device, dtype) for p in paths]
+    engines = [load_engine(p, device, dtype, quantization=quantization) for p in paths]
     return [Checkpoint(label, engine, str(p)) for label, engine, p in zip(checkpoint_labels(engines), engines, paths)]
 
 
@@ -125,7 +125,7 @@ def run(args) -> int:
 
         torch.set_num_threads(args.threads)
 
-    checkpoints = _load_engines(args.checkpoint or ["default"], args.device, args.dtype)
+    checkpoints = _load_engines(args.checkpoint or ["default"], args.device, args.dtype, args.quantize)
     tok = checkpoints[0].engine.decoder_tokenizer
 
     def count_tokens(text: str) -> int:

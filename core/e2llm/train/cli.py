@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..cli_common import QUANTIZATIONS
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train the adapter and LoRAs (reconstruction + instruction tuning)")
@@ -10,6 +12,8 @@ def add_parser(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir")
     p.add_argument("--output-dir", help="override output_dir")
     p.add_argument("--max-steps", type=int, help="override optim.max_steps")
+    p.add_argument("--quantize", choices=QUANTIZATIONS, help="override model.decoder.quantization "
+                   "(4bit: NF4 base weights, QLoRA; CUDA and bitsandbytes only)")
     p.set_defaults(func=run)
 
 
@@ -22,6 +26,8 @@ def run(args) -> int:
         cfg.output_dir = args.output_dir
     if args.max_steps:
         cfg.optim.max_steps = args.max_steps
+    if args.quantize:
+        cfg.model.decoder.quantization = args.quantize
     trainer = Trainer(cfg)
     final = trainer.train(resume=args.resume)
     if trainer.rank == 0:

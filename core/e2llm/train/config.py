@@ -99,7 +99,8 @@ class ObjectiveConfig(_Strict):
 
 class TrainConfig(_Strict):
     model: E2LLMConfig = Field(default_factory=E2LLMConfig)
-    init_from: Optional[str] = Field(None, description="checkpoint to start from (its config replaces `model`)")
+    init_from: Optional[str] = Field(None, description="checkpoint to start from (its config replaces `model`, "
+                                     "except model.decoder.quantization: how this run stores the base)")
     trainable: Literal["adapter", "adapter+encoder_lora", "all"] = "all"
     data: DataConfig = Field(default_factory=DataConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)

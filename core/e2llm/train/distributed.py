@@ -69,6 +69,15 @@ def device_for(device: str) -> str:
     return f"cuda:{local_rank() % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
 
 
+def check_parallelism(parallelism: str, quantization: str) -> None:
+    """fsdp cannot shard a 4-bit decoder: FSDP2 splits each parameter as a plain tensor, and
+    bitsandbytes' packed 4-bit weights carry their quantization state beside the tensor (not
+    tried here: refused rather than left to fail inside a launched run)."""
+    if parallelism == "fsdp" and quantization != "none":
+        raise ConfigError(f"parallelism fsdp cannot shard a {quantization} decoder (bitsandbytes' packed weights do not "
+                          "split under FSDP2); use parallelism: ddp, or model.decoder.quantization: none")
+
+
 def decoder_layers(decoder: nn.Module) -> list[nn.Module]:
     """The decoder's transformer layers (the classes it names in _no_split_modules)."""
     layer_classes = set(getattr(decoder, "_no_split_modules", None) or [])

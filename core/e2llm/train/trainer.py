@@ -37,7 +37,7 @@ from .config import TrainConfig, config_differences
 from ..model import _bf16_autocast
 from .batches import StepBatches, Tokenized, cached_tokenize, collate, default_cache_dir, fits, raw_passages, to_device, tokenize  # noqa: F401
 from .data import Sample, TrainData, build_data
-from .distributed import (Parallel, decoder_layers, device_for, dist_info, full, leave_process_group, like, move_all_but,
+from .distributed import (Parallel, check_parallelism, decoder_layers, device_for, dist_info, full, leave_process_group, like, move_all_but,
                           shard_decoder)
 
 STATE_NAME, OPTIM_NAME = "trainer_state.json", "optimizer.safetensors"
@@ -224,9 +224,15 @@ class Trainer:
         self.owns_process_group = dist.is_initialized() and not joined_before  # joined here: train() leaves it
         self.device = device_for(cfg.device)
         torch.manual_seed(cfg.seed)
+        # model.decoder.quantization holds with init_from too (like optim.backbone_dtype): it says
+        # how this run stores the frozen base, and the checkpoint's LoRA tensors fit either base
+        quantization = engine.config.decoder.quantization if engine is not None else cfg.model.decoder.quantization
+        check_parallelism(cfg.parallelism, quantization)  # before minutes of loading
         if engine is None:  # built on the CPU: FSDP moves the decoder to the GPU a layer at a time
             dt = cfg.optim.backbone_dtype
-            engine = E2LLM.from_pretrained(cfg.init_from, dtype=dt) if cfg.init_from else E2LLM.build(cfg.model, dtype=dt)
+            # except a 4-bit decoder: bitsandbytes quantizes it as it loads onto the GPU
+            load = dict(dtype=dt, quantization=quantization, device=self.device if quantization != "none" else None)
+            engine = E2LLM.from_pretrained(cfg.init_from, **load) if cfg.init_from else E2LLM.build(cfg.model, **load)
         self.engine = engine
         fsdp = dist.is_initialized() and cfg.parallelism == "fsdp"
         if fsdp:  # everything but the decoder's layers now; shard_decoder moves each layer as it splits it
