@@ -158,6 +158,10 @@ def test_a_4bit_decoder_decodes_itself_and_its_checkpoint_loads_unquantized(simu
     assert answer.new_tokens > 0
     engine.fast_decode = False
     assert engine.generate(q, doc) == answer.text
+    from e2llm.bench import decode_speed  # compares full-precision copies: refused, one line
+
+    with pytest.raises(ConfigError, match="--quantize none"):
+        decode_speed(engine, document_tokens=64, new_tokens=2, rounds=1)
     engine.save_pretrained(tmp_path / "ck")
     saved = json.loads((tmp_path / "ck" / "config.json").read_text())
     assert saved["decoder"]["quantization"] == "4bit"

@@ -412,8 +412,12 @@ def decode_speed(engine, document_tokens: int = 8192, new_tokens: int = 32, roun
     (float32 decoder) and fast (merged copy, bf16 where the hardware has bf16 units)."""
     import statistics
 
-    from .decoding import build_inference_copy
+    from .decoding import build_inference_copy, is_quantized
+    from .errors import ConfigError
 
+    if is_quantized(engine.decoder):  # the comparison is between full-precision copies of the decoder
+        raise ConfigError("bench decode compares float32 and bf16 copies of the decoder, which a 4-bit decoder "
+                          "cannot make; run it with --quantize none")
     doc = make_document(engine.decoder_tokenizer, document_tokens)
     spliced = engine._splice([engine._prepare(QUESTION, doc, max_new_tokens=new_tokens)])
     settings = engine._gen_kwargs(new_tokens, False, 1.0, 1.0, None)
