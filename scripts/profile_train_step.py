@@ -48,7 +48,8 @@ def from_file(path: str, device: str):
 
 def measure(steps: int, batch: int, grad_accum: int, workers: int, device: str, config_path: str | None = None,
             eval_too: bool = False) -> dict:
-    """init_s: building the trainer (models, data, tokenizing: tokenize_s of it, or reading the cache);
+    """init_s: building the trainer, of which corpus_s reading the built-in corpus, build_s making
+    samples_built training samples, tokenize_s tokenizing them (or reading the token cache);
     eval_too: also eval_s, one Trainer.validate() as a run does it every eval_every steps."""
     import contextlib
 
@@ -67,8 +68,26 @@ def measure(steps: int, batch: int, grad_accum: int, workers: int, device: str, 
             super()._tokenize(data)
             timed["tokenize_s"] = time.perf_counter() - t0
 
+    def build_data(*args, **kwargs):  # the trainer's, timed, with the number of training samples it built
+        t0 = time.perf_counter()
+        data = built(*args, **kwargs)
+        timed["build_s"] = time.perf_counter() - t0
+        timed["samples_built"] = len(data.recon_train) + len(data.reason_train)
+        return data
+
+    cfg = from_file(config_path, device) if config_path else config(batch, grad_accum, workers if new else -1, device)
     t_init = time.perf_counter()
-    t = (Timed if new else Trainer)(from_file(config_path, device) if config_path else config(batch, grad_accum, workers if new else -1, device))
+    if new and cfg.data.builtin is not None:  # the corpus first (cached per process): a fixed cost, apart
+        from e2llm.train.corpus import load_corpus
+
+        load_corpus()
+        timed["corpus_s"] = time.perf_counter() - t_init
+    built = trainer_module.build_data
+    trainer_module.build_data = build_data
+    try:
+        t = (Timed if new else Trainer)(cfg)
+    finally:
+        trainer_module.build_data = built
     init_s = time.perf_counter() - t_init
     # as the trainer's step: bf16 autocast where the run has it, attention without cuDNN on CUDA
     precision = getattr(t, "autocast", contextlib.nullcontext)
@@ -123,8 +142,7 @@ def measure(steps: int, batch: int, grad_accum: int, workers: int, device: str, 
            "samples_per_s": round(steps * len(t._step_samples(0)) / wall, 2),
            "host_share": round(max(0.0, 1 - aten_us / 1e6 / wall), 3), "threads_seen": len(main),
            "init_s": round(init_s, 1), "profiled_window_unix": [round(x, 2) for x in window]}
-    if "tokenize_s" in timed:
-        out["tokenize_s"] = round(timed["tokenize_s"], 1)
+    out.update({k: round(v, 2) if isinstance(v, float) else v for k, v in timed.items()})
     if eval_too:
         out["eval_s"] = round(eval_s, 1)
     if str(t.device).startswith("cuda"):
