@@ -238,7 +238,12 @@ def stage_summary(run: Path, n: int, phases: dict | None = None) -> dict | None:
            "final_val": val[-1] if val else None,
            "val_recon_content": [[r["step"], r["val_recon_content"]] for r in val if "val_recon_content" in r],
            "probe": _json(run / f"probe-stage{n}.json"), "sizing": _json(run / f"sizing-stage{n}.json")}
-    took = (phases or {}).get(f"train-stage{n}", {}).get("s")
+    train_phase = (phases or {}).get(f"train-stage{n}", {})
+    if train_phase.get("rc") == 124:  # stopped at its deadline: the model is the last checkpoint
+        out["stopped_at_deadline"] = True
+        steps = [int(c.name.split("-")[1]) for c in (d / "checkpoints").glob("step-*")]
+        out["model_step"] = max(steps, default=None)
+    took = train_phase.get("s")
     if out["probe"] and took is not None:  # how well the sizing's reckoning held (it should not be under)
         out["train_phase_s"] = {"forecast": forecast_train_s(out["probe"], out["steps_run"], len(val)), "took": took}
     return out

@@ -43,8 +43,11 @@
 # VALIDATE_TEXTS (24; rehearsal 8) held-out texts `e2llm validate` reads, on the GPU in the
 # stages' bf16, and VALIDATE_TIMEOUT_S (150; rehearsal 600) its cap, reserved in stage 2's call
 # (a validate that runs past it is stopped and recorded in summary.json; the models are copied
-# before it runs); E2LLM_REHEARSE=1 (set by `rehearse`) shrinks data, batch and steps (2 a
-# stage, float32) so the CPU runs it (the GPU run never sets it).
+# before it runs); TRAIN_DEADLINE_S (default on the GPU: the call's time left less 30 s and, in
+# stage 2, VALIDATE_TIMEOUT_S; none in the rehearsal) stops a training run that the probe
+# misjudged, and its last checkpoint (at half-way) becomes the stage's model; E2LLM_REHEARSE=1
+# (set by `rehearse`) shrinks data, batch and steps (2 a stage, float32) so the CPU runs it (the
+# GPU run never sets it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -179,15 +182,42 @@ stage() {  # there: one stage, sized to its share of TRAIN_MINUTES and to its ca
   begin "size-stage$n"
   "$PY" scripts/gpu_train.py config "$cfg" "$RUN/stage$n.json" "$RUN" "$n"
   finish
+  dir=$(output_dir "$n")
+  # A hard stop before the call's end (less copying, validate's cap, the summary): a run slower than
+  # the probe said keeps its last checkpoint as the stage's model instead of losing the whole call.
+  local deadline=${TRAIN_DEADLINE_S:-} trc=0 ck
+  if [ -z "$deadline" ] && [ -z "${E2LLM_REHEARSE:-}" ]; then
+    deadline=$(( ${CALL_LIMIT_S:-600} - ($(date +%s) - E2LLM_CALL_START) - 30 ))
+    if [ "$n" = 2 ]; then deadline=$(( deadline - VALIDATE_TIMEOUT_S )); fi
+    if [ "$deadline" -lt 1 ]; then deadline=1; fi
+  fi
+  rm -rf "$dir"  # a fresh run: no checkpoint of an earlier try taken for this one's
   begin "train-stage$n"
-  "$PY" -m e2llm.cli train --config "$RUN/stage$n.json" 2>&1 | tee "$RUN/train-stage$n.log"
-  finish
+  if [ -n "$deadline" ]; then
+    timeout "$deadline" "$PY" -m e2llm.cli train --config "$RUN/stage$n.json" 2>&1 | tee "$RUN/train-stage$n.log" || trc=$?
+  else
+    "$PY" -m e2llm.cli train --config "$RUN/stage$n.json" 2>&1 | tee "$RUN/train-stage$n.log" || trc=$?
+  fi
+  record "train-stage$n" "$trc" && PHASE=
+  if [ "$trc" != 0 ]; then
+    ck=$(ls -d "$dir"/checkpoints/step-* 2>/dev/null | sort | tail -1)
+    if [ "$trc" != 124 ] || [ -z "$ck" ]; then  # a failure, or the deadline before a checkpoint: stop, with the summary
+      [ "$trc" != 124 ] || echo "gpu_train: stage $n ran past its ${deadline}-s deadline before its first checkpoint" >&2
+      cp "$RUN/stage$n.json" "$RUN/probe-stage$n.json" "$RUN/sizing-stage$n.json" "$RUN/train-stage$n.log" "$out/" || true
+      "$PY" scripts/gpu_train.py summary "$RUN" "$out" || true
+      exit "$trc"
+    fi
+    mkdir -p "$dir/model"
+    cp "$ck/model.safetensors" "$dir/model/"
+    "$PY" -c "import json, sys; c = json.load(open(sys.argv[1])); c['trained'] = True; json.dump(c, open(sys.argv[2], 'w'), indent=1)" \
+      "$ck/config.json" "$dir/model/config.json"
+    echo "gpu_train: stage $n ran past its ${deadline}-s deadline; its model is its last checkpoint, $(basename "$ck")" >&2
+  fi
   begin "copy-stage$n"
   copy_stage "$n" "$out"
   if [ "$n" = 2 ] && [ ! -d "$out/stage1" ]; then copy_stage 1 "$out"; fi  # this call's OUT: both stages' models
   finish
   if [ "$n" = 2 ]; then
-    dir=$(output_dir 2)
     dtype=$("$PY" -c "import json, sys; print(json.load(open(sys.argv[1]))['optim']['backbone_dtype'])" "$RUN/stage2.json")
     begin validate
     rm -f "$RUN/validate.json"
