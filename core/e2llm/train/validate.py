@@ -12,6 +12,8 @@ QA on long held-out documents is `e2llm eval`'s job.
 """
 from __future__ import annotations
 
+import json
+
 import torch
 
 from ..cli_common import add_model_args, load_from_args
@@ -62,6 +64,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("validate", help="held-out reconstruction: loss with vs without soft prompts, ROUGE-L")
     p.add_argument("--num-texts", type=int, default=24)
     p.add_argument("--words", type=int, default=30, help="words per held-out text (about one chunk)")
+    p.add_argument("--json", metavar="FILE", help="also write the numbers (and the example's reconstruction) to FILE as JSON")
     add_model_args(p)
 
     def run(args) -> int:
@@ -80,6 +83,10 @@ def add_parser(sub) -> None:
               "near 0 = collapsed: every chunk gets the same vector)")
         print(f"  example text   : {r['example']['text'][:200]!r}")
         print(f"  reconstruction : {first[:200]!r}")
+        if args.json:
+            r["example"]["reconstruction"] = first
+            with open(args.json, "w", encoding="utf-8") as f:
+                json.dump({"checkpoint": str(args.checkpoint), "words": args.words, **r}, f, indent=1)
         return 0
 
     p.set_defaults(func=run)
