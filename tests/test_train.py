@@ -283,6 +283,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tiny_backbones, tmp_path):
     proc.send_signal(signal.SIGKILL)  # mid-run, possibly mid-write of the next checkpoint
     proc.wait()
     assert ck.exists(), proc.stderr.read().decode()[-2000:]
+    assert json.loads((ck / "config.json").read_text())["trained"] is True  # loads as a trained model, no warning
     done = subprocess.run([sys.executable, str(script), str(cfg_path), "--resume"], env=_env(), capture_output=True, timeout=300)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     a, b = losses(tmp_path / "ref"), losses(tmp_path / "killed")

@@ -194,7 +194,9 @@ def save_training_state(path: Path, engine: E2LLM, opt, step: int, cfg: TrainCon
     refuse_nonfinite(path, model_tensors)
 
     def write(tmp: Path) -> None:
-        (tmp / CONFIG_NAME).write_text(engine.config.to_json(), encoding="utf-8")
+        # a checkpoint after steps is a trained model: loading it must not warn "freshly initialised"
+        config = engine.config.model_copy(update={"trained": engine.config.trained or step > 0})
+        (tmp / CONFIG_NAME).write_text(config.to_json(), encoding="utf-8")
         save_file(model_tensors, str(tmp / WEIGHTS_NAME))
         save_file({k: v.contiguous().cpu() for k, v in opt_tensors.items()}, str(tmp / OPTIM_NAME))
         state = {"step": step, "optimizer": opt_meta, "train_config": cfg.model_dump(mode="json")}
