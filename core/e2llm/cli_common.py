@@ -9,11 +9,13 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import get_args
 
+from .config import Quantization
 from .errors import InputError
 
 DTYPES = ("float32", "bfloat16", "float16")
-QUANTIZATIONS = ("none", "4bit")  # e2llm.devices.QUANTIZATIONS, without importing torch for --help
+QUANTIZATIONS = get_args(Quantization)  # the config's choices (config.py imports no torch: --help stays quick)
 
 
 def read_text_file(path: str) -> str:

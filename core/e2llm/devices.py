@@ -6,9 +6,11 @@ CUDA traceback mid-load.
 from __future__ import annotations
 
 import importlib.util
+from typing import get_args
 
 import torch
 
+from .config import Quantization
 from .errors import DeviceError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -78,7 +80,7 @@ def check_attn_implementation(impl: str | None, device: torch.device, dtype: tor
         raise DeviceError(f"{part}.attn_implementation flash_attention_2 needs dtype bfloat16 or float16, not float32")
 
 
-QUANTIZATIONS = ("none", "4bit")
+QUANTIZATIONS = get_args(Quantization)  # ("none", "4bit"): the config's own choices
 
 
 def check_quantization(quantization: str, device: torch.device, part: str = "decoder") -> None:
