@@ -107,23 +107,12 @@ def split_prompt(prompt: str, separator: Optional[str]) -> tuple[str, Optional[s
     return prompt, None
 
 
-def _check_texts(texts: Sequence[Any]) -> None:
-    from e2llm.errors import InputError
-
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise InputError(f"document {i} is a {type(text).__name__}, expected text (str)")
-        if not text.strip():
-            where = "the context" if len(texts) == 1 else f"document {i} of {len(texts)}"
-            raise InputError(f"{where} is empty or whitespace only; pass the text to read (or leave the empty document out)")
-
-
 def make_request(question: str, *, texts: Optional[Sequence[str]] = None, context: Any = None,
                  raw_top_n: Optional[int] = None) -> Request:
     """`texts`: documents, each its own chunk group. `context`: as the engine takes it. Hybrid
     reading (`raw_top_n`) takes the chunks most similar to the question across every document.
     Checked here, before any model loads: empty or blank documents, a negative raw_top_n."""
-    from e2llm.errors import InputError
+    from e2llm.errors import InputError, check_documents
 
     if raw_top_n is not None and (not isinstance(raw_top_n, int) or raw_top_n < 0):
         raise InputError(f"raw_top_n must be a whole number >= 0 (0: compressed only), got {raw_top_n!r}")
@@ -132,10 +121,10 @@ def make_request(question: str, *, texts: Optional[Sequence[str]] = None, contex
         if not texts:
             raise InputError("no documents to read: the document list is empty (did the retriever find nothing?); "
                              "pass at least one non-empty document")
-        _check_texts(texts)
+        check_documents(texts)
         return Request(question, texts, raw_top_n, len(texts))
     if isinstance(context, str) or (isinstance(context, (list, tuple)) and context):
-        _check_texts([context] if isinstance(context, str) else list(context))
+        check_documents([context] if isinstance(context, str) else list(context))
     return Request(question, context, raw_top_n, 0)
 
 

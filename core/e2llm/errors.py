@@ -31,3 +31,16 @@ class TrainingError(E2LLMError):
 
 class DeviceError(E2LLMError, ValueError):
     """A device that is not there, or a dtype / attention kernel the device cannot run."""
+
+
+def check_documents(texts: list) -> None:
+    """Every document a non-blank str, checked before any model runs (the engine and the
+    plugins share this, so a bad document reads the same wherever it came in)."""
+    if not texts:
+        raise InputError("the context has no documents; pass at least one non-empty text")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise InputError(f"document {i} is a {type(text).__name__}, expected text (str)")
+        if not text.strip():
+            where = "the context" if len(texts) == 1 else f"document {i} of {len(texts)}"
+            raise InputError(f"{where} is empty or whitespace only; pass the text to read (or leave the empty document out)")
