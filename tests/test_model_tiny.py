@@ -50,10 +50,57 @@ def test_cache_skips_the_encoder(make_tiny_engine):
     first = engine.encode(DOC)
     misses = engine.cache.misses
     calls = []
-    engine.encoder.register_forward_hook(lambda *a: calls.append(1))
+    real = engine._encoder_batches  # the one way into the encoder (or its bf16 inference copy)
+    engine._encoder_batches = lambda texts, grad=True: calls.append(len(texts)) or real(texts, grad)
     again = engine.encode(DOC)
     assert calls == [] and engine.cache.misses == misses
     torch.testing.assert_close(first.vectors, again.vectors)
+
+
+def test_inference_encoder_is_a_bf16_copy_that_follows_the_lora(make_tiny_engine):
+    """Where bf16 pays, inference encodes with a merged bf16 copy of the encoder: within 2% of
+    float32, its LoRA merged for soft prompts and left out for ranking, rebuilt when a weight changes."""
+    import e2llm.model as model_module
+
+    engine = make_tiny_engine()
+    if not model_module._bf16_pays(engine.device, torch.float32):
+        pytest.skip("no bf16 matmuls on this CPU: inference encodes in float32")
+    texts = [c.text for c in engine.chunk(DOC)]
+
+    def perturb_lora():
+        with torch.no_grad():
+            for name, p in engine.encoder.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.2)
+
+    def encode(copy_):
+        engine.encoder_copy = copy_
+        engine.cache.clear()
+        with torch.no_grad():
+            if copy_:
+                assert engine._bf16_encoder() is not None
+            return engine.soft_prompts(texts), engine.retrieval_vectors(texts)
+
+    def close(a, b):
+        return float((a - b).norm() / b.norm()) < 0.02
+
+    perturb_lora()
+    (soft_fast, rank_fast), (soft_exact, rank_exact) = encode(True), encode(False)
+    engine.autocast_encoder = False  # float32 all the way
+    (soft_fp32, rank_fp32) = encode(False)
+    engine.autocast_encoder = True
+    assert close(soft_fast, soft_fp32) and close(rank_fast, rank_fp32) and close(soft_exact, soft_fp32)
+    assert not torch.equal(soft_fast, soft_fp32)  # the bf16 copy did run
+    engine.ranking_pass = "shared"  # the LoRA's own states: the ranking copy must differ from them
+    engine.cache.clear()
+    with torch.no_grad():
+        assert not close(engine.ranking_vectors(texts), rank_fp32)
+    engine.ranking_pass = "base"
+    perturb_lora()  # in place, as an optimizer step: the copy is rebuilt
+    soft_new, _ = encode(True)
+    engine.autocast_encoder = False
+    soft_new_fp32, _ = encode(False)
+    assert close(soft_new, soft_new_fp32) and not close(soft_new, soft_fp32)
 
 
 def test_cache_is_bounded_by_bytes():

@@ -101,9 +101,10 @@ class InferenceDecoders:
     """Inference copies of the decoder, rebuilt whenever its weights change: LoRA merged (or
     left out while the LoRA is switched off), in the fast dtype where asked."""
 
-    def __init__(self, lean: bool = True):
+    def __init__(self, lean: bool = True, pack: bool = True):
         self._copies: dict[tuple, tuple[tuple, nn.Module]] = {}
         self.lean = lean  # Llama-family copies run e2llm.lean's forward (same arithmetic, fewer ops)
+        self.pack = pack  # oneDNN-packed weights for one-row products (decode steps; not the encoder's many rows)
 
     def get(self, decoder: nn.Module, fast: bool) -> nn.Module:
         if is_quantized(decoder):
@@ -119,7 +120,7 @@ class InferenceDecoders:
         if hit is not None and hit[0] == version:
             return hit[1]
         self._copies = {k: v for k, v in self._copies.items() if v[0] == version}  # stale copies go
-        copy_ = build_inference_copy(decoder, lora_on, dtype)
+        copy_ = build_inference_copy(decoder, lora_on, dtype, pack=self.pack)
         self._copies[key] = (version, LeanDecoder(copy_) if self.lean and lean_supports(copy_) else copy_)
         return self._copies[key][1]
 
@@ -128,7 +129,7 @@ class InferenceDecoders:
 
 
 @torch.no_grad()
-def build_inference_copy(decoder: nn.Module, lora_on: bool, dtype: torch.dtype) -> nn.Module:
+def build_inference_copy(decoder: nn.Module, lora_on: bool, dtype: torch.dtype, pack: bool = True) -> nn.Module:
     if hasattr(decoder, "merge_and_unload"):  # a peft model: merge into a copy, never in place
         dup = copy.deepcopy(decoder)
         plain = dup.merge_and_unload() if lora_on else dup.unload()
@@ -138,7 +139,7 @@ def build_inference_copy(decoder: nn.Module, lora_on: bool, dtype: torch.dtype) 
     for p in plain.parameters():
         p.requires_grad_(False)
     device = next(plain.parameters()).device
-    if dtype == torch.bfloat16 and device.type == "cpu" and cpu_has_bf16():
+    if pack and dtype == torch.bfloat16 and device.type == "cpu" and cpu_has_bf16():
         _pack_linears(plain)
     return plain
 
