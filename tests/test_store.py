@@ -22,12 +22,30 @@ def test_a_second_engine_reads_the_encodings_from_disk(make_tiny_engine, tmp_pat
     first.use_store(tmp_path)
     want = first.encode(DOC).vectors
     per_chunk = 2 if first.ranking_pass == "shared" else 1  # soft prompt (+ ranking vector from the same pass)
-    assert len(first.store) == per_chunk * len(first.chunk(DOC))
+    assert len(first.store) == per_chunk * len(first.chunk(DOC)) + 1  # + the document's chunk spans
     second = make_tiny_engine(seed=1)  # same weights, empty memory cache: a fresh process
     second.use_store(tmp_path)
     _no_encoder(second)
+    calls = []
+    real = second.encoder_tokenizer.__call__
+    second.encoder_tokenizer.__class__ = type("Counting", (type(second.encoder_tokenizer),),
+                                              {"__call__": lambda self, *a, **k: calls.append(1) or real(*a, **k)})
     assert torch.equal(second.encode(DOC).vectors, want)
-    assert second.store.hits == len(first.chunk(DOC))
+    assert calls == []  # the chunk spans came from the store too: no tokenizer pass
+    assert second.store.hits == len(first.chunk(DOC)) + 1
+
+
+def test_chunk_spans_are_remembered_and_checked_against_their_document(make_tiny_engine, tmp_path):
+    engine = make_tiny_engine(seed=1)
+    engine.use_store(tmp_path)
+    want = engine.chunk(DOC)
+    assert engine.chunk(DOC) == want and engine.cache.hits >= 1
+    key = next(k for k in engine.cache._items if k.startswith("spans-"))
+    engine.cache.put(key, torch.tensor([[0, len(DOC) + 5, 3]]))  # runs past the text: never trusted
+    assert engine.chunk(DOC) == want
+    engine.config.chunking.tokens_per_chunk = 8  # other settings: other spans, not the remembered ones
+    other = engine.chunk(DOC)
+    assert len(other) > len(want) and all(c.num_tokens <= 8 for c in other)
 
 
 def test_encodings_of_other_weights_are_not_used(make_tiny_engine, tmp_path):
@@ -64,7 +82,7 @@ def test_a_tampered_row_is_recomputed(make_tiny_engine, tmp_path):
     again = make_tiny_engine(seed=1)
     again.use_store(tmp_path)
     got = again.encode(DOC).vectors
-    assert again.store.rejected == len(engine.chunk(DOC)) and again.store.hits == 0
+    assert again.store.rejected == len(engine.chunk(DOC)) + 1 and again.store.hits == 0  # every chunk + the spans
     assert torch.allclose(got, want, atol=1e-5)
 
 

@@ -21,7 +21,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-_DTYPES = {str(d): d for d in (torch.float32, torch.bfloat16, torch.float16)}
+_DTYPES = {str(d): d for d in (torch.float32, torch.bfloat16, torch.float16, torch.int64)}  # int64: chunk spans
 _BATCH = 500  # keys per SELECT (SQLite's variable limit is 32766; small batches keep queries quick)
 
 
