@@ -10,6 +10,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 PROBES = [(120, 0.025, "probe, 120 steps"), (360, 0.129, "probe, 360 steps"), (720, 0.197, "probe, 360 + 360 steps")]
+# The same config's first run (2026-12-02 07:39-09:47 UTC, AMD EPYC, stopped at 540; its log was
+# lost with that checkout, the figures are docs/training.md's table).
+EARLIER = [(60, 0.037), (120, 0.087), (180, 0.092), (240, 0.116), (300, 0.125), (360, 0.127), (420, 0.155),
+           (480, 0.150), (540, 0.159)]
 
 log, png = sys.argv[1], sys.argv[2]
 rows = [json.loads(line) for line in open(log)]
@@ -20,6 +24,7 @@ for r in evals:
     print(f"| {r['step']} | {r['val_loss_recon']:.3f} | {r['val_recon_content']:.3f} | {r.get('val_soft_prompt_spread', float('nan')):.3f} |")
 fig, ax = plt.subplots(figsize=(7, 4))
 ax.plot([r["step"] for r in evals], [r["val_recon_content"] for r in evals], "o-", label="long run (constant lr, 32 held-out windows)")
+ax.plot(*zip(*EARLIER), "x--", color="grey", label="first run of the same config (AMD CPU, stopped at 540)")
 for step, content, label in PROBES:
     ax.plot(step, content, "s", label=f"{label} (cosine lr, e2llm validate)")
 ax.set_xlabel("reconstruction steps (8 windows each)")
