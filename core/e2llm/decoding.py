@@ -6,7 +6,7 @@ stream share one path. Semantics follow transformers' ``generate`` (greedy answe
 token for token in float32; tests/test_decoding.py checks this): finished rows are padded,
 positions count real tokens only, a sampled step draws ``multinomial(softmax(warped logits))``.
 
-Speed: the decoder is memory-bound at one token a step, so :class:`InferenceDecoders` keeps a
+Speed: the decoder is memory-bound at one token a step, so :class:`InferenceCopies` keeps a
 copy of it for inference with the LoRA merged into the weights (no extra adapter matmuls) and,
 where the CPU has bf16 units, in bfloat16 with oneDNN-packed weights for one-row products
 (plain bf16 ``F.linear`` at one row is no faster than float32 on this CPU; the packed product
@@ -100,9 +100,10 @@ def _weights_version(model: nn.Module) -> tuple:
     return tuple((id(p), p._version) for p in model.parameters())
 
 
-class InferenceDecoders:
-    """Inference copies of the decoder, rebuilt whenever its weights change: LoRA merged (or
-    left out while the LoRA is switched off), in the fast dtype where asked."""
+class InferenceCopies:
+    """Inference copies of a backbone (the decoder; the encoder too, with lean=False and
+    pack=False), rebuilt whenever its weights change: LoRA merged (or left out while the LoRA
+    is switched off), in the fast dtype where asked."""
 
     def __init__(self, lean: bool = True, pack: bool = True):
         self._copies: dict[tuple, tuple[tuple, nn.Module]] = {}

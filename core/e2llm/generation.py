@@ -15,7 +15,7 @@ import torch
 from transformers.generation.streamers import BaseStreamer
 
 from .chunking import Chunk
-from .decoding import DecodeSettings, InferenceDecoders, decode
+from .decoding import DecodeSettings, InferenceCopies, decode
 from .errors import ContextTooLongError, InputError
 from .prompts import PromptLayout
 from .softprompts import Context, SoftPrompts
@@ -260,7 +260,7 @@ class GenerationMixin:
             return self._decoder_base
         copies = getattr(self, "_inference_copies", None)
         if copies is None:
-            copies = self._inference_copies = InferenceDecoders()
+            copies = self._inference_copies = InferenceCopies()
         return copies.get(self.decoder, fast=True)
 
     @torch.no_grad()

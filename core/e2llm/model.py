@@ -368,15 +368,15 @@ class E2LLM(GenerationMixin, nn.Module):
         """Yield ((n, L, De) token states, (n, L) mask) in bounded batches (flat memory).
         grad=False runs the encoder without gradients even where the caller records them."""
         bs, max_len = self.config.encoder.chunks_per_batch, self.config.chunking.tokens_per_chunk + 2  # + [CLS] [SEP]
+        grad = grad and torch.is_grad_enabled()
         encoder, precision = self.encoder, contextlib.nullcontext()
         # Without gradients the encoder may run in bf16 (see autocast_encoder); training stays exact.
-        if self.autocast_encoder and not (grad and torch.is_grad_enabled()):
+        if self.autocast_encoder and not grad:
             copy_ = self._bf16_encoder()
             if copy_ is not None:
                 encoder = copy_
             else:
                 precision = _bf16_autocast(self.device, next(self.encoder.parameters()).dtype)
-        grad = grad and torch.is_grad_enabled()
         for i in range(0, len(texts), bs):
             batch = self.encoder_tokenizer(list(texts[i:i + bs]), padding=True, truncation=True, max_length=max_len, return_tensors="pt")
             ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
@@ -396,9 +396,9 @@ class E2LLM(GenerationMixin, nn.Module):
             return None
         copies = getattr(self, "_encoder_copies", None)
         if copies is None:
-            from .decoding import InferenceDecoders
+            from .decoding import InferenceCopies
 
-            copies = self._encoder_copies = InferenceDecoders(lean=False, pack=False)
+            copies = self._encoder_copies = InferenceCopies(lean=False, pack=False)
         return copies.get(self.encoder, fast=True)
 
     def soft_prompts(self, texts: Sequence[str], encoder_grad: bool = True) -> torch.Tensor:
