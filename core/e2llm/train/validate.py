@@ -72,7 +72,7 @@ def add_parser(sub) -> None:
     add_model_args(p)
 
     def run(args) -> int:
-        from ..eval.tasks import folder_documents
+        from ..eval import folder_documents  # eval's public API
 
         docs = folder_documents(args.docs) if args.docs else None  # a bad folder fails before the model loads
         engine = load_from_args(args)
