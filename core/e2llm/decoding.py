@@ -108,7 +108,7 @@ class InferenceCopies:
     def __init__(self, lean: bool = True, pack: bool = True):
         self._copies: dict[tuple, tuple[tuple, nn.Module]] = {}
         self.lean = lean  # Llama-family copies run e2llm.lean's forward (same arithmetic, fewer ops)
-        self.pack = pack  # oneDNN-packed weights for one-row products (decode steps; not the encoder's many rows)
+        self.pack = pack  # oneDNN-packed weights for products up to PACKED_MAX_ROWS rows (decode steps, short prefills)
 
     def get(self, decoder: nn.Module, fast: bool) -> nn.Module:
         if is_quantized(decoder):
