@@ -219,3 +219,63 @@ def test_lean_bf16_padded_rows_stay_within_bf16_rounding_of_unpadded_ones():
             drift.append((batch - single).abs().max().item())
             ids = torch.full((2,), int(single.argmax()))
     assert max(drift) <= 0.03 * scale, (drift, scale)
+
+
+# ---------------------------------------------------------------- drafts copied from the prompt
+def test_prompt_lookup_drafts_what_followed_the_latest_copy_of_the_longest_tail():
+    from e2llm.decoding import PromptLookup
+
+    look = PromptLookup([5, 6, 7, 8, 9, -1, 1, 6, 7, 2, 3])
+    assert look.draft(4) == []  # 3 appears once: nothing to copy
+    look.append(6)
+    assert look.draft(4) == [7, 2, 3, 6]  # "6" last followed by "7 2 3" (the latest copy), then itself
+    look.append(7)
+    assert look.draft(2) == [2, 3]
+    look = PromptLookup([1, 2, 3, 9, 2, 3, 4, 1, 2, 3])
+    assert look.draft(1) == [9]  # "1 2 3" (three tokens) beats the later "2 3" (two)
+    look = PromptLookup([4, 8, -1, -1, 2, 4])
+    assert look.draft(5) == [8]  # no draft runs into a soft token
+    assert PromptLookup([4, 3, -1]).draft(3) == []  # after a position without an id, nothing to match
+    assert PromptLookup([4, 3, 4]).draft(0) == []
+
+
+def test_lean_extend_and_rewind_give_the_logits_of_one_token_steps():
+    import copy
+
+    from e2llm.lean import LeanDecoder
+
+    lean = LeanDecoder(copy.deepcopy(_tiny_causal_lm("llama")))
+    torch.manual_seed(0)
+    embeds, mask = torch.randn(1, 7, 64), torch.ones(1, 7, dtype=torch.long)
+    ids = torch.tensor([[3, 9, 27, 4]])
+    with torch.no_grad():
+        lean.prefill(embeds, mask, 20)
+        one = torch.stack([lean.step(ids[:, t])[0] for t in range(4)])  # (4, V)
+        lean.prefill(embeds, mask, 20)
+        lean.extend(torch.tensor([[50, 51, 52]]))  # a wrong draft ...
+        lean.rewind(3)  # ... forgotten
+        many = lean.extend(ids)[0]
+    assert torch.allclose(many, one, atol=1e-4), (many - one).abs().max()
+
+
+@pytest.mark.parametrize("min_new", [0, 12])
+def test_drafted_greedy_decoding_gives_the_tokens_of_one_token_steps_in_fewer_passes(min_new):
+    import copy
+
+    from e2llm.lean import LeanDecoder
+
+    lean = LeanDecoder(copy.deepcopy(_tiny_causal_lm("llama")))
+    torch.manual_seed(1)
+    embeds, mask = torch.randn(1, 6, 64), torch.ones(1, 6, dtype=torch.long)
+    prompt_ids = torch.tensor([[-1, -1, 11, 12, 13, 14]])
+    passes = []
+    for name in ("step", "extend"):
+        original = getattr(lean, name)
+        setattr(lean, name, lambda ids, _f=original: passes.append(1) or _f(ids))
+    s = DecodeSettings(max_new_tokens=24, eos_token_ids=[7], pad_token_id=0, min_new_tokens=min_new)
+    plain = decode(lean, embeds, mask, s, prompt_ids=prompt_ids)
+    one_token_passes, passes[:] = len(passes), []
+    s.draft_tokens = 5
+    drafted = decode(lean, embeds, mask, s, prompt_ids=prompt_ids)
+    assert drafted.tolist() == plain.tolist()
+    assert len(passes) < one_token_passes  # a tiny random model repeats itself: drafts were accepted

@@ -394,3 +394,16 @@ def test_set_prompt_changes_later_calls_and_validates(make_tiny_engine):
     with pytest.raises(ConfigError, match=r"\{document\} exactly once"):
         engine.set_prompt(user="no slots")
     assert engine.config.prompt.user == "Read: {document}\nAsk: {question}"  # a failed call changes nothing
+
+
+def test_bench_decode_rows_time_one_token_passes_and_drafted_ones(make_tiny_engine):
+    from e2llm import bench
+
+    engine = make_tiny_engine()
+    speed = bench.decode_speed(engine, document_tokens=120, new_tokens=6, rounds=1)
+    assert {"e2llm decode, fast, one token a pass", f"e2llm decode, fast + drafts from the prompt "
+            f"({engine.draft_tokens} a pass, as shipped)"} <= set(speed)
+    assert all(wall > 0 and cpu > 0 for wall, cpu in speed.values())
+    answers, tokens = bench.answer_decode_speed(engine, items=2, new_tokens=6, length=256)
+    assert set(answers) == set(speed)
+    assert all(wall >= 0 and cpu >= 0 for wall, cpu in answers.values()) and tokens >= 0

@@ -19,6 +19,7 @@ def test_layout_labels_and_masks(embed):
     torch.testing.assert_close(out.inputs_embeds[0, :2], embed(torch.tensor([1, 2])))
     assert out.labels[0].tolist() == [IGNORE_INDEX] * 6 + [7, 8]
     assert out.soft_mask[0].tolist() == [False, False, True, True, True, False, False, False]
+    assert out.token_ids[0].tolist() == [1, 2, -1, -1, -1, 5, 7, 8]  # what decoding drafts from
     assert out.attention_mask.tolist() == [[1] * 8]
     assert out.position_ids.tolist() == [list(range(8))]
 
@@ -35,6 +36,7 @@ def test_padding_side(embed, pad_left):
     torch.testing.assert_close(real, torch.cat([embed(torch.tensor([4])), torch.ones(1, 4)]))
     assert out.position_ids[1][torch.tensor(mask, dtype=torch.bool)].tolist() == [0, 1]
     assert (out.labels[1][torch.tensor(mask) == 0] == IGNORE_INDEX).all()
+    assert out.token_ids[1].tolist() == ([-1, 4, -1] if pad_left else [4, -1, -1])
 
 
 def test_gradients_flow_into_soft_vectors(embed):

@@ -7,6 +7,7 @@ CUDA. Every ratio is measured in the same run, because these machines are noisy.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -330,19 +331,27 @@ def add_bench_parser(sub) -> None:
     dec.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     add_model_args(dec)
 
+    def _speed_table(speed: dict) -> str:
+        base, plain = speed["generate(), LoRA unmerged (previous path)"], speed["generate(), same weights merged"]
+        lines = ["| decode path | wall ms / token | CPU ms / token | tokens/s vs previous (wall, CPU) | vs plain generate() (wall, CPU) |",
+                 "|---|---:|---:|---:|---:|"]
+        lines += [f"| {name} | {wall:.1f} | {cpu:.1f} | {base[0] / wall:.2f}x, {base[1] / cpu:.2f}x | "
+                  f"{plain[0] / wall:.2f}x, {plain[1] / cpu:.2f}x |" for name, (wall, cpu) in speed.items()]
+        return "\n".join(lines)
+
     def run_decode(args) -> int:
         if args.threads:
             torch.set_num_threads(args.threads)
         engine = load_from_args(args)
         speed = decode_speed(engine, args.document_tokens, args.new_tokens, args.rounds)
-        base = speed["generate(), LoRA unmerged (previous path)"]
-        plain = speed["generate(), same weights merged"]
-        print("| decode path | wall ms / token | CPU ms / token | tokens/s vs previous (wall, CPU) | vs plain generate() (wall, CPU) |\n"
-              "|---|---:|---:|---:|---:|")
-        for name, (wall, cpu) in speed.items():
-            print(f"| {name} | {wall:.1f} | {cpu:.1f} | {base[0] / wall:.2f}x, {base[1] / cpu:.2f}x | "
-                  f"{plain[0] / wall:.2f}x, {plain[1] / cpu:.2f}x |")
+        print(f"Forced {args.new_tokens} new tokens after a question on a {args.document_tokens}-token synthetic document "
+              f"(median of {args.rounds} interleaved rounds):\n")
+        print(_speed_table(speed))
         if args.agreement_items:
+            answers, tokens = answer_decode_speed(engine, args.agreement_items, args.new_tokens)
+            print(f"\nThe answers to {args.agreement_items} held-out items ({tokens} tokens after the first, each path "
+                  f"decoding each answer's length from its prompt):\n")
+            print(_speed_table(answers))
             same, total, diffs = decode_agreement(engine, args.agreement_items, args.new_tokens)
             print(f"\nfast vs float32 greedy text: identical on {same}/{total} held-out items ({100 * same / total:.0f}%)")
             for item_id, exact, fast in diffs:
@@ -407,52 +416,96 @@ class _StepClock:
         return 1000 * (t[-1] - t[0]) / max(1, len(t) - 1)
 
 
-def decode_speed(engine, document_tokens: int = 8192, new_tokens: int = 32, rounds: int = 3) -> dict[str, tuple[float, float]]:
-    """Milliseconds a decoded token (after the first), wall clock and process CPU time, median over interleaved rounds, for the
-    same spliced e2llm prompt: the previous path (transformers' generate on the decoder with its
-    LoRA unmerged), plain generate() on the same weights merged, and e2llm's decode loop exact
-    (float32 decoder) and fast (merged copy, bf16 where the hardware has bf16 units)."""
-    import statistics
+def _decode_paths(engine, merged) -> dict:
+    """name -> run(spliced, settings) -> _StepClock, each decoding settings.max_new_tokens tokens
+    (settings.min_new_tokens keeps an end of turn away before then)."""
+    def hf(model):
+        def run(spliced, s):
+            clock = _StepClock()
+            with torch.no_grad():
+                model.generate(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask, streamer=clock,
+                               max_new_tokens=s.max_new_tokens, min_new_tokens=s.min_new_tokens, do_sample=False,
+                               temperature=None, top_p=None, top_k=None, pad_token_id=s.pad_token_id, eos_token_id=s.eos_token_ids)
+            return clock
+        return run
 
+    def ours(fast: bool, drafts: int):
+        def run(spliced, s):
+            engine.fast_decode, clock = fast, _StepClock()
+            try:
+                engine._run_generate(spliced, dataclasses.replace(s, draft_tokens=drafts), streamer=clock)
+            finally:
+                engine.fast_decode = True
+            return clock
+        return run
+
+    return {"generate(), LoRA unmerged (previous path)": hf(engine._decoder_base),
+            "generate(), same weights merged": hf(merged),
+            "e2llm decode, float32 exact": ours(False, 0),
+            "e2llm decode, fast, one token a pass": ours(True, 0),
+            f"e2llm decode, fast + drafts from the prompt ({engine.draft_tokens} a pass, as shipped)": ours(True, engine.draft_tokens)}
+
+
+def _merged_copy(engine):
     from .decoding import build_inference_copy, is_quantized
     from .errors import ConfigError
 
     if is_quantized(engine.decoder):  # the comparison is between full-precision copies of the decoder
         raise ConfigError("bench decode compares float32 and bf16 copies of the decoder, which a 4-bit decoder "
                           "cannot make; run it with --quantize none")
+    return build_inference_copy(engine.decoder, True, next(engine.decoder.parameters()).dtype)
+
+
+def decode_speed(engine, document_tokens: int = 8192, new_tokens: int = 32, rounds: int = 3) -> dict[str, tuple[float, float]]:
+    """Milliseconds a decoded token (after the first), wall clock and process CPU time, median over interleaved rounds, for the
+    same spliced e2llm prompt: the previous path (transformers' generate on the decoder with its
+    LoRA unmerged), plain generate() on the same weights merged, and e2llm's decode loop exact
+    (float32 decoder) and fast (merged copy, bf16 where the hardware has bf16 units), one token a
+    pass and with drafts copied from the prompt. The answer is forced to new_tokens tokens (no
+    early end of turn), so the model runs on past its answer: drafts hit less there than in answers."""
+    import statistics
+
+    paths = _decode_paths(engine, _merged_copy(engine))
     doc = make_document(engine.decoder_tokenizer, document_tokens)
     spliced = engine._splice([engine._prepare(QUESTION, doc, max_new_tokens=new_tokens)])
-    settings = engine._gen_kwargs(new_tokens, False, 1.0, 1.0, None)
-    settings.min_new_tokens = new_tokens
-    merged = build_inference_copy(engine.decoder, True, next(engine.decoder.parameters()).dtype)
-    hf_kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, temperature=None, top_p=None,
-                     top_k=None, pad_token_id=settings.pad_token_id, eos_token_id=settings.eos_token_ids)
-
-    def hf(model):
-        clock = _StepClock()
-        with torch.no_grad():
-            model.generate(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask, streamer=clock, **hf_kwargs)
-        return clock.ms_per_token(), clock.ms_per_token(cpu=True)
-
-    def ours(fast: bool):
-        engine.fast_decode, clock = fast, _StepClock()
-        try:
-            engine._run_generate(spliced, settings, streamer=clock)
-        finally:
-            engine.fast_decode = True
-        return clock.ms_per_token(), clock.ms_per_token(cpu=True)
-
-    runs = {"generate(), LoRA unmerged (previous path)": lambda: hf(engine._decoder_base),
-            "generate(), same weights merged": lambda: hf(merged),
-            "e2llm decode, float32 exact": lambda: ours(False),
-            "e2llm decode, fast": lambda: ours(True)}
-    for run in runs.values():  # warm-up (builds the fast copy)
-        run()
-    times: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
+    settings = dataclasses.replace(engine._gen_kwargs(new_tokens, False, 1.0, 1.0, None), min_new_tokens=new_tokens)
+    for run in paths.values():  # warm-up (builds the fast copy)
+        run(spliced, settings)
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in paths}
     for _ in range(rounds):
-        for name, run in runs.items():
-            times[name].append(run())
+        for name, run in paths.items():
+            clock = run(spliced, settings)
+            times[name].append((clock.ms_per_token(), clock.ms_per_token(cpu=True)))
     return {name: (statistics.median(t[0] for t in ts), statistics.median(t[1] for t in ts)) for name, ts in times.items()}
+
+
+def answer_decode_speed(engine, items: int = 40, new_tokens: int = 32, length: int = 2048) -> tuple[dict[str, tuple[float, float]], int]:
+    """The same paths on real answers: each held-out item is answered once (fast path, to its end
+    of turn or stop string), then every path decodes that many tokens from that item's prompt.
+    Returns wall and CPU ms a token after the first, over all items, and the tokens timed."""
+    from .eval.tasks import TASKS, synthetic_items
+
+    paths = _decode_paths(engine, _merged_copy(engine))
+    per_task = max(1, -(-items // len(TASKS)))
+    pool, _ = synthetic_items(TASKS, [length], items_per_task=per_task)
+    totals = {name: [0.0, 0.0, 0] for name in paths}
+    for i, item in enumerate(pool[:items]):
+        spliced = engine._splice([engine._prepare(item.question, item.context, max_new_tokens=new_tokens, overflow="truncate")])
+        natural = engine._gen_kwargs(new_tokens, False, 1.0, 1.0, item.stop)
+        n = len(paths["e2llm decode, fast, one token a pass"](spliced, natural).times)
+        if n < 2:
+            continue
+        # the answer's length for every path: no end of turn before its last token, no stop strings
+        fixed = dataclasses.replace(natural, max_new_tokens=n, min_new_tokens=n - 1, stop_strings=[])
+        for name, run in paths.items():
+            if i == 0:
+                run(spliced, fixed)  # warm-up
+            clock = run(spliced, fixed)
+            totals[name][0] += clock.times[-1] - clock.times[0]
+            totals[name][1] += clock.cpu_times[-1] - clock.cpu_times[0]
+            totals[name][2] += len(clock.times) - 1
+    tokens = totals["e2llm decode, fast, one token a pass"][2]
+    return {name: (1000 * wall / max(1, k), 1000 * cpu / max(1, k)) for name, (wall, cpu, k) in totals.items()}, tokens
 
 
 def decode_agreement(engine, items: int = 40, new_tokens: int = 32, length: int = 2048) -> tuple[int, int, list]:

@@ -44,6 +44,7 @@ class DecodeSettings:
     min_new_tokens: int = 0
     stop_strings: list[str] = field(default_factory=list)
     tokenizer: object = None  # needed for stop strings
+    draft_tokens: int = 0  # greedy, one row, lean forward: check up to this many tokens copied from the prompt a pass
 
 
 class PackedLinear(nn.Module):
@@ -206,41 +207,121 @@ class _TransformersSteps:
         return logits.float()
 
 
+class PromptLookup:
+    """Drafts for greedy decoding copied from the prompt and the answer so far (prompt lookup,
+    Saxena 2023): the tokens that followed the latest earlier occurrence of the last n tokens
+    (n = max_ngram down to 1). Answers about a document copy names, numbers and phrases from its
+    raw passages and the question, so a draft is often right; the decoder checks every drafted
+    token, so the answer is the one plain greedy decoding gives. -1 marks a position without a
+    token id (a soft token, padding): no draft runs across it."""
+
+    def __init__(self, ids: Sequence[int], max_ngram: int = 3):
+        self.ids: list[int] = []
+        self.where: dict[int, list[int]] = {}  # token id -> its positions in ids
+        self.max_ngram = max_ngram
+        for t in ids:
+            self.append(t)
+
+    def append(self, token: int) -> None:
+        self.where.setdefault(token, []).append(len(self.ids))
+        self.ids.append(token)
+
+    def draft(self, max_tokens: int) -> list[int]:
+        ids, end = self.ids, len(self.ids)
+        if max_tokens <= 0 or not end or ids[-1] < 0:
+            return []
+        for n in range(min(self.max_ngram, end - 1), 0, -1):
+            tail = ids[end - n:]
+            for p in reversed(self.where[ids[-1]]):  # p: where an earlier copy of the tail ends
+                if p == end - 1 or p + 1 < n or ids[p + 1 - n:p + 1] != tail:
+                    continue
+                follow = ids[p + 1:p + 1 + max_tokens]
+                if -1 in follow:
+                    follow = follow[:follow.index(-1)]
+                if follow:
+                    return follow
+        return []
+
+
+class _Emitted:
+    """New tokens as they are chosen: pads finished rows, streams, ends rows on an end-of-turn id
+    or a stop string."""
+
+    def __init__(self, B: int, s: DecodeSettings, streamer, device: torch.device):
+        self.s, self.streamer = s, streamer
+        self.eos = torch.tensor(sorted(set(s.eos_token_ids)), dtype=torch.long, device=device)
+        self.unfinished = torch.ones(B, dtype=torch.bool, device=device)
+        self.rows: list[list[int]] = [[] for _ in range(B)]
+        self.out: list[torch.Tensor] = []
+
+    def pick(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, V) logits -> (B,) the next token of each row."""
+        if len(self.out) < self.s.min_new_tokens and self.eos.numel():
+            logits[:, self.eos] = -float("inf")
+        if self.s.do_sample:
+            probs = torch.softmax(_warp(logits, self.s), dim=-1)
+            return torch.multinomial(probs, num_samples=1).squeeze(1)
+        return logits.argmax(-1)
+
+    def put(self, nxt: torch.Tensor) -> bool:
+        """Records (B,) next tokens; True while some row goes on and the budget is not spent."""
+        s = self.s
+        nxt = torch.where(self.unfinished, nxt, torch.full_like(nxt, s.pad_token_id))
+        self.out.append(nxt)
+        if self.streamer is not None:
+            self.streamer.put(nxt.cpu())
+        self.unfinished &= ~torch.isin(nxt, self.eos)
+        if s.stop_strings:
+            for b in range(len(self.rows)):
+                self.rows[b].append(int(nxt[b]))
+                if self.unfinished[b] and _stopped_by_string(s.tokenizer, self.rows[b], s.stop_strings):
+                    self.unfinished[b] = False
+        return bool(self.unfinished.any()) and len(self.out) < s.max_new_tokens
+
+
 @torch.no_grad()
 def decode(model: nn.Module, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, s: DecodeSettings,
-           streamer=None) -> torch.Tensor:
-    """(B, T, Dd) left-padded prompt embeddings -> (B, new) token ids (pad after a row ends)."""
+           streamer=None, prompt_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, T, Dd) left-padded prompt embeddings -> (B, new) token ids (pad after a row ends).
+
+    prompt_ids: (B, T) the prompt's token ids, -1 where it has none (soft tokens, padding); with
+    ``s.draft_tokens`` > 0, greedy decoding of one row on the lean forward checks drafts copied
+    from them (:class:`PromptLookup`) several tokens a pass."""
     B, T = attention_mask.shape
-    device = inputs_embeds.device
+    if s.max_new_tokens < 1:
+        return torch.empty(B, 0, dtype=torch.long, device=inputs_embeds.device)
     steps = model if isinstance(model, LeanDecoder) else _TransformersSteps(model)
-    eos = torch.tensor(sorted(set(s.eos_token_ids)), dtype=torch.long, device=device)
-    unfinished = torch.ones(B, dtype=torch.bool, device=device)
-    rows: list[list[int]] = [[] for _ in range(B)]
-    out: list[torch.Tensor] = []
+    emitted = _Emitted(B, s, streamer, inputs_embeds.device)
     if streamer is not None:
         streamer.put(torch.empty(B, 0, dtype=torch.long))  # the prompt: no ids with inputs_embeds
     logits = steps.prefill(inputs_embeds, attention_mask, T + s.max_new_tokens)  # (B, V)
-    for step in range(s.max_new_tokens):
-        if step < s.min_new_tokens and eos.numel():
-            logits[:, eos] = -float("inf")
-        if s.do_sample:
-            probs = torch.softmax(_warp(logits, s), dim=-1)
-            nxt = torch.multinomial(probs, num_samples=1).squeeze(1)
-        else:
-            nxt = logits.argmax(-1)
-        nxt = torch.where(unfinished, nxt, torch.full_like(nxt, s.pad_token_id))  # (B,)
-        out.append(nxt)
-        if streamer is not None:
-            streamer.put(nxt.cpu())
-        unfinished &= ~torch.isin(nxt, eos)
-        if s.stop_strings:
-            for b in range(B):
-                rows[b].append(int(nxt[b]))
-                if unfinished[b] and _stopped_by_string(s.tokenizer, rows[b], s.stop_strings):
-                    unfinished[b] = False
-        if not bool(unfinished.any()) or step + 1 == s.max_new_tokens:
-            break
-        logits = steps.step(nxt)
+    if s.draft_tokens > 0 and not s.do_sample and B == 1 and isinstance(steps, LeanDecoder) and prompt_ids is not None:
+        _decode_with_drafts(steps, logits, emitted, PromptLookup(prompt_ids[0].tolist()), s.draft_tokens)
+    else:
+        while emitted.put(nxt := emitted.pick(logits)):
+            logits = steps.step(nxt)
     if streamer is not None:
         streamer.end()
-    return torch.stack(out, dim=1) if out else torch.empty(B, 0, dtype=torch.long, device=device)
+    return torch.stack(emitted.out, dim=1)
+
+
+def _decode_with_drafts(lean: LeanDecoder, logits: torch.Tensor, emitted: _Emitted, lookup: PromptLookup,
+                        draft_tokens: int) -> None:
+    """One row, greedy: feed the last token and a draft in one pass, keep the drafted tokens the
+    model itself picks, then the first token it picks otherwise; the cache forgets the rest."""
+    nxt = emitted.pick(logits)  # (1,)
+    going = emitted.put(nxt)
+    while going:
+        lookup.append(int(nxt))
+        draft = lookup.draft(min(draft_tokens, emitted.s.max_new_tokens - len(emitted.out) - 1))
+        fed = torch.tensor([[int(nxt)] + draft], device=nxt.device)  # (1, 1 + len(draft))
+        rows = lean.extend(fed)[0] if draft else lean.step(nxt)  # (1 + len(draft), V)
+        accepted = 0
+        for j in range(rows.shape[0]):
+            nxt = emitted.pick(rows[j:j + 1])
+            going = emitted.put(nxt)
+            if not going or j == len(draft) or int(nxt) != draft[j]:
+                break
+            lookup.append(draft[j])
+            accepted += 1
+        lean.rewind(len(draft) - accepted)

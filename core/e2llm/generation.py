@@ -181,6 +181,9 @@ class GenerationMixin:
     # Decode with a merged copy of the decoder, in bf16 where the hardware has bf16 units
     # (docs/speed.md: greedy text agreement with float32); False decodes the float32 decoder itself.
     fast_decode: bool = True
+    # Greedy answers (one question) check up to this many tokens copied from the prompt a decoder
+    # pass (decoding.PromptLookup); 0 decodes one token a pass. docs/speed.md has the measurement.
+    draft_tokens: int = 8
 
     # ---------------------------------------------------------------- preparing one prompt
     def _prepare(self, question: str, context: Context, *, raw_texts: Sequence[str] = (), raw_top_n: int | None = None,
@@ -250,7 +253,7 @@ class GenerationMixin:
         return DecodeSettings(max_new_tokens=max_new_tokens, eos_token_ids=sorted(self._stop_token_ids()),
                               pad_token_id=self.decoder_tokenizer.pad_token_id, do_sample=do_sample,
                               temperature=temperature, top_p=top_p, stop_strings=list(stop or ()),
-                              tokenizer=self.decoder_tokenizer)
+                              tokenizer=self.decoder_tokenizer, draft_tokens=self.draft_tokens)
 
     def _inference_decoder(self) -> torch.nn.Module:
         """The module decode() runs: with fast_decode a merged (bf16 where the hardware has bf16
@@ -267,7 +270,7 @@ class GenerationMixin:
     def _run_generate(self, spliced: Spliced, settings: DecodeSettings, streamer=None) -> torch.Tensor:
         with self.lock:  # the LoRA switch (and so which copy runs) is global state
             return decode(self._inference_decoder(), spliced.inputs_embeds, spliced.attention_mask, settings,
-                          streamer=streamer)  # (B, new_tokens)
+                          streamer=streamer, prompt_ids=spliced.token_ids)  # (B, new_tokens)
 
     def _splice(self, prepared: Sequence[_Prepared]) -> Spliced:
         return splice([p.pieces for p in prepared], self._decoder_base.get_input_embeddings(), pad_left=True)

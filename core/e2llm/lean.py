@@ -144,6 +144,28 @@ class LeanDecoder(nn.Module):
         return self.lm_head(h[:, -1:])[:, 0].float()
 
     @torch.no_grad()
+    def extend(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) token ids after the cache -> (B, T, V) logits at each; appends T positions.
+        Checks drafted tokens in one pass: the weights are read once for all T rows."""
+        B, T = ids.shape
+        start = self.length
+        self.valid[:, start:start + T] = True
+        causal = torch.ones(T, T, dtype=torch.bool, device=ids.device).tril()
+        mask = torch.cat([self.valid[:, None, :start].expand(B, T, start), causal.expand(B, T, T)], dim=-1)[:, None]  # (B, 1, T, start+T)
+        pos = self.next_pos + torch.arange(T, device=ids.device)  # (B, T)
+        h = self._layers(self.embed(ids), pos, start, mask)
+        self.next_pos = self.next_pos + T
+        self.length += T
+        return self.lm_head(h).float()
+
+    def rewind(self, n: int) -> None:
+        """Forget the last n positions (drafted tokens not accepted); later calls overwrite their slots."""
+        if n:
+            self.length -= n
+            self.next_pos = self.next_pos - n
+            self.valid[:, self.length:] = False
+
+    @torch.no_grad()
     def step(self, ids: torch.Tensor) -> torch.Tensor:
         """(B,) next token ids -> (B, V) logits; appends to the cache."""
         B, start = ids.shape[0], self.length
