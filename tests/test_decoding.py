@@ -108,6 +108,31 @@ def test_packed_linear_matches_a_bf16_linear():
         assert torch.allclose(got, want, atol=0.05 * want.abs().max().item())
 
 
+@pytest.mark.skipif(not cpu_has_bf16(), reason="the CPU has no bf16 units")
+def test_encoder_copy_runs_an_exact_gelu_inside_the_packed_product():
+    import transformers
+
+    def bert(act):
+        cfg = transformers.BertConfig(vocab_size=99, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                      intermediate_size=128, hidden_act=act)
+        torch.manual_seed(0)
+        return transformers.BertModel(cfg).eval()
+
+    model = bert("gelu")
+    fused = build_inference_copy(model, lora_on=False, dtype=torch.bfloat16, pack=False, fuse_gelu=True)
+    apart = build_inference_copy(model, lora_on=False, dtype=torch.bfloat16, pack=False)
+    assert all(isinstance(layer.intermediate.dense, PackedLinear) and layer.intermediate.dense.gelu
+               for layer in fused.encoder.layer)
+    ids = torch.randint(0, 99, (3, 70))
+    with torch.no_grad():
+        want = model(input_ids=ids).last_hidden_state
+        err_fused = (fused(input_ids=ids).last_hidden_state.float() - want).abs().max().item()
+        err_apart = (apart(input_ids=ids).last_hidden_state.float() - want).abs().max().item()
+    assert err_fused <= 1.5 * err_apart + 1e-3, (err_fused, err_apart)  # bf16 rounding (without the GELU: O(1))
+    tanh = build_inference_copy(bert("gelu_new"), lora_on=False, dtype=torch.bfloat16, pack=False, fuse_gelu=True)
+    assert not any(isinstance(m, PackedLinear) for m in tanh.modules())  # only the exact GELU is fused
+
+
 def test_decode_stops_on_a_stop_string_and_pads_finished_rows(lora_engine):
     engine = lora_engine
     engine.fast_decode = False

@@ -1,4 +1,5 @@
-"""The decode loop: one prefill of the spliced prompt, then one token a step on a pre-allocated KV cache.
+"""The decode loop: one prefill of the spliced prompt, then one token a step on a pre-allocated KV cache
+(or, for a greedy answer on the lean forward, a token and a draft copied from the prompt a step).
 
 Greedy, sampling (temperature, top-p), end-of-turn ids, stop strings, a minimum length, a
 streamer and left-padded batches all run through :func:`decode`, so generate_batch and
@@ -13,7 +14,9 @@ where the CPU has bf16 units, in bfloat16 with oneDNN-packed weights for one-row
 is about 2x faster, see docs/speed.md). A Llama-family copy (Llama, SmolLM, Qwen2, Mistral
 without a sliding window) then runs :class:`e2llm.lean.LeanDecoder`, the same arithmetic with
 fused products and a few hundred fewer small ops a step; other decoders run transformers'
-forward through the same loop.
+forward through the same loop. Since a step reads all the weights whether it carries one row or
+nine, a greedy answer on the lean forward also checks up to ``draft_tokens`` tokens copied from
+the prompt (:class:`PromptLookup`) in the same pass and keeps those the model itself picks.
 """
 from __future__ import annotations
 
@@ -49,15 +52,20 @@ class DecodeSettings:
 
 class PackedLinear(nn.Module):
     """A bf16 Linear that keeps a oneDNN-packed copy of its weight for products of up to
-    PACKED_MAX_ROWS rows (decode steps, short prefills) and the plain weight for more."""
+    PACKED_MAX_ROWS rows (decode steps, short prefills) and the plain weight for more.
+    gelu=True also applies the exact (erf) GELU inside the product, at any number of rows: the
+    encoder's feed-forward then skips a pass over its widest activation (docs/speed.md)."""
 
-    def __init__(self, linear: nn.Linear):
+    def __init__(self, linear: nn.Linear, gelu: bool = False):
         super().__init__()
         self.weight = nn.Parameter(linear.weight.detach().to(torch.bfloat16), requires_grad=False)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().to(torch.bfloat16), requires_grad=False)
         self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.data, 1)
+        self.gelu = gelu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gelu:
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "gelu", [], "none")  # "none": erf, not tanh
         if x.numel() // x.shape[-1] <= PACKED_MAX_ROWS:
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
         return nn.functional.linear(x, self.weight, self.bias)
@@ -106,10 +114,11 @@ class InferenceCopies:
     pack=False), rebuilt whenever its weights change: LoRA merged (or left out while the LoRA
     is switched off), in the fast dtype where asked."""
 
-    def __init__(self, lean: bool = True, pack: bool = True):
+    def __init__(self, lean: bool = True, pack: bool = True, fuse_gelu: bool = False):
         self._copies: dict[tuple, tuple[tuple, nn.Module]] = {}
         self.lean = lean  # Llama-family copies run e2llm.lean's forward (same arithmetic, fewer ops)
         self.pack = pack  # oneDNN-packed weights for products up to PACKED_MAX_ROWS rows (decode steps, short prefills)
+        self.fuse_gelu = fuse_gelu  # BERT-style feed-forwards: GELU inside the packed product (encoders)
 
     def get(self, decoder: nn.Module, fast: bool) -> nn.Module:
         if is_quantized(decoder):
@@ -125,7 +134,7 @@ class InferenceCopies:
         if hit is not None and hit[0] == version:
             return hit[1]
         self._copies = {k: v for k, v in self._copies.items() if v[0] == version}  # stale copies go
-        copy_ = build_inference_copy(decoder, lora_on, dtype, pack=self.pack)
+        copy_ = build_inference_copy(decoder, lora_on, dtype, pack=self.pack, fuse_gelu=self.fuse_gelu)
         self._copies[key] = (version, LeanDecoder(copy_) if self.lean and lean_supports(copy_) else copy_)
         return self._copies[key][1]
 
@@ -134,7 +143,8 @@ class InferenceCopies:
 
 
 @torch.no_grad()
-def build_inference_copy(decoder: nn.Module, lora_on: bool, dtype: torch.dtype, pack: bool = True) -> nn.Module:
+def build_inference_copy(decoder: nn.Module, lora_on: bool, dtype: torch.dtype, pack: bool = True,
+                         fuse_gelu: bool = False) -> nn.Module:
     if hasattr(decoder, "merge_and_unload"):  # a peft model: merge into a copy, never in place
         dup = copy.deepcopy(decoder)
         plain = dup.merge_and_unload() if lora_on else dup.unload()
@@ -144,9 +154,28 @@ def build_inference_copy(decoder: nn.Module, lora_on: bool, dtype: torch.dtype, 
     for p in plain.parameters():
         p.requires_grad_(False)
     device = next(plain.parameters()).device
-    if pack and dtype == torch.bfloat16 and device.type == "cpu" and cpu_has_bf16():
-        _pack_linears(plain)
+    if dtype == torch.bfloat16 and device.type == "cpu" and cpu_has_bf16():
+        if fuse_gelu:
+            _fuse_gelu(plain)
+        if pack:
+            _pack_linears(plain)
     return plain
+
+
+def _is_exact_gelu(act: nn.Module) -> bool:
+    if isinstance(act, nn.GELU):
+        return act.approximate == "none"
+    # transformers' GELUActivation ("gelu" in ACT2FN): F.gelu, or the same erf formula in Python
+    return type(act).__name__ == "GELUActivation" and getattr(act, "act", None) in (nn.functional.gelu, getattr(act, "_gelu_python", None))
+
+
+def _fuse_gelu(model: nn.Module) -> None:
+    """BERT-family feed-forwards (BertIntermediate, RobertaIntermediate, ...: ``dense`` then
+    ``intermediate_act_fn``) with an exact GELU: the GELU moves into the packed product."""
+    for m in model.modules():
+        dense, act = getattr(m, "dense", None), getattr(m, "intermediate_act_fn", None)
+        if type(dense) is nn.Linear and isinstance(act, nn.Module) and _is_exact_gelu(act):
+            m.dense, m.intermediate_act_fn = PackedLinear(dense, gelu=True), nn.Identity()
 
 
 def _pack_linears(model: nn.Module) -> None:

@@ -391,14 +391,15 @@ class E2LLM(GenerationMixin, nn.Module):
         """At inference (no gradients anywhere) a bf16 copy of the encoder, LoRA merged (or left
         out while switched off), where bf16 pays; None elsewhere (training keeps autocast over
         the weights it updates). On AMX CPUs the copy runs the ranker's pass 1.35x faster than
-        autocast, which recasts every float32 weight on every call (docs/speed.md)."""
+        autocast, which recasts every float32 weight on every call, and its BERT-style GELUs run
+        inside the packed feed-forward product (docs/speed.md)."""
         if not self._encoder_copy_pays() or torch.is_grad_enabled():
             return None
         copies = getattr(self, "_encoder_copies", None)
         if copies is None:
             from .decoding import InferenceCopies
 
-            copies = self._encoder_copies = InferenceCopies(lean=False, pack=False)
+            copies = self._encoder_copies = InferenceCopies(lean=False, pack=False, fuse_gelu=True)
         return copies.get(self.encoder, fast=True)
 
     def soft_prompts(self, texts: Sequence[str], encoder_grad: bool = True) -> torch.Tensor:
