@@ -303,7 +303,7 @@ class E2LLM(GenerationMixin, nn.Module):
         if cached is None or cached[0] != version:
             settings = {"encoder": self.config.encoder.model_dump(), "adapter": self.config.adapter.model_dump(),
                         "max_tokens": self.config.chunking.tokens_per_chunk, "autocast": self.autocast_encoder,
-                        "precision": "bf16 copy" if self._encoder_copy_pays() else "own dtype"}
+                        "precision": "bf16 copy, GELU in the product" if self._encoder_copy_pays() else "own dtype"}
             self._fingerprint_cache = (version, fingerprint(settings, {"encoder": self.encoder, "adapter": self.adapter}))
         return self._fingerprint_cache[1]
 
