@@ -2,14 +2,16 @@
 only the time counts), interleaved, median of 5 runs of 32 steps. Flags: norm (no RMSNorm), mulonly (RMSNorm as
 one multiply), nomean (RMSNorm without its reduction), fused (torch.rms_norm), rot (no rotary), cache (no cache
 write), attn (no attention), mlp (no SiLU gate).   python scripts/research/ablate_decode_step.py"""
-import time, torch, statistics, types
+import statistics
+import types
+
+import torch
 from torch.nn import functional as F
-from e2llm import E2LLM
+
 from e2llm import lean as L
-engine = E2LLM.from_pretrained("default")
-lean = engine._inference_decoder()
-D = engine.config.decoder.hidden_size
-emb, mask = torch.randn(1, 200, D) * 0.02, torch.ones(1, 200, dtype=torch.long)
+from lean_steps import lean_decoder, step_loop
+
+engine, lean = lean_decoder()
 FLAGS = set()
 def rms(x, norm):
     if "mulonly" in FLAGS:
@@ -61,13 +63,13 @@ def _layers(self, x, pos, start, mask):
     return L._rms_norm(x, self.norm)
 orig = lean._layers
 lean._layers = types.MethodType(lambda self, x, pos, start, mask: _layers(self, x, pos, start, mask) if x.shape[1] == 1 else orig(x, pos, start, mask), lean)
+loop = step_loop(lean)
+
+
 def run(steps=32):
-    lean.prefill(emb, mask, 200 + steps + 1)
-    ids = torch.tensor([42])
-    t = time.perf_counter()
-    for _ in range(steps):
-        ids = lean.step(ids).argmax(-1)
-    return (time.perf_counter() - t) / steps * 1e3
+    return loop(steps)[0]
+
+
 variants = [(), ("norm",), ("mulonly",), ("nomean",), ("fused",), ("rot",), ("cache",), ("attn",), ("mlp",),
             ("norm", "rot", "cache", "attn", "mlp")]
 for v in variants: FLAGS.clear(); FLAGS.update(v); run(8)

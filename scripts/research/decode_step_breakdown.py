@@ -1,19 +1,22 @@
 """Where a one-token lean decode step goes: the step, its weight products called alone, and the step with every
 product replaced by a preallocated output (what is left: attention and the small ops).
     python scripts/research/decode_step_breakdown.py"""
-import time, torch, statistics
-from e2llm import E2LLM
-engine = E2LLM.from_pretrained("default")
-lean = engine._inference_decoder()
+import statistics
+import time
+
+import torch
+
+from lean_steps import lean_decoder, step_loop
+
+engine, lean = lean_decoder()
 D = engine.config.decoder.hidden_size
-emb, mask = torch.randn(1, 200, D) * 0.02, torch.ones(1, 200, dtype=torch.long)
+loop = step_loop(lean)
+
+
 def run(steps):
-    lean.prefill(emb, mask, 200 + steps + 1)
-    ids = torch.tensor([42])
-    t = time.perf_counter()
-    for _ in range(steps):
-        ids = lean.step(ids).argmax(-1)
-    return (time.perf_counter() - t) / steps * 1e3
+    return loop(steps)[0]
+
+
 mods = [m for name in ("qkv","o","gate_up","down") for m in getattr(lean, name)]
 xs = {m: torch.randn(1,1,m.weight.shape[1]).bfloat16() for m in mods}
 hx = torch.randn(1,1,D).bfloat16()
