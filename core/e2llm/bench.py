@@ -479,17 +479,22 @@ def decode_speed(engine, document_tokens: int = 8192, new_tokens: int = 32, roun
     return {name: (statistics.median(t[0] for t in ts), statistics.median(t[1] for t in ts)) for name, ts in times.items()}
 
 
+def _held_out_items(items: int, length: int, tasks=None) -> list:
+    """`items` held-out synthetic items at `length` tokens, spread over the tasks (default: all)."""
+    from .eval.tasks import TASKS, synthetic_items
+
+    tasks = tasks or TASKS
+    pool, _ = synthetic_items(tasks, [length], items_per_task=max(1, -(-items // len(tasks))))
+    return pool[:items]
+
+
 def answer_decode_speed(engine, items: int = 40, new_tokens: int = 32, length: int = 2048) -> tuple[dict[str, tuple[float, float]], int]:
     """The same paths on real answers: each held-out item is answered once (fast path, to its end
     of turn or stop string), then every path decodes that many tokens from that item's prompt.
     Returns wall and CPU ms a token after the first, over all items, and the tokens timed."""
-    from .eval.tasks import TASKS, synthetic_items
-
     paths = _decode_paths(engine, _merged_copy(engine))
-    per_task = max(1, -(-items // len(TASKS)))
-    pool, _ = synthetic_items(TASKS, [length], items_per_task=per_task)
     totals = {name: [0.0, 0.0, 0] for name in paths}
-    for i, item in enumerate(pool[:items]):
+    for i, item in enumerate(_held_out_items(items, length)):
         spliced = engine._splice([engine._prepare(item.question, item.context, max_new_tokens=new_tokens, overflow="truncate")])
         natural = engine._gen_kwargs(new_tokens, False, 1.0, 1.0, item.stop)
         n = len(paths["e2llm decode, fast, one token a pass"](spliced, natural).times)
@@ -511,12 +516,9 @@ def answer_decode_speed(engine, items: int = 40, new_tokens: int = 32, length: i
 def decode_agreement(engine, items: int = 40, new_tokens: int = 32, length: int = 2048) -> tuple[int, int, list]:
     """Greedy answers of the fast decode path (bf16 where available) against float32 on held-out
     synthetic items: (identical, total, differing pairs)."""
-    from .eval.tasks import TASKS, synthetic_items
-
-    per_task = max(1, -(-items // len(TASKS)))
-    pool, _ = synthetic_items(TASKS, [length], items_per_task=per_task)
+    pool = _held_out_items(items, length)
     same, diffs = 0, []
-    for item in pool[:items]:
+    for item in pool:
         answers = []
         for fast in (False, True):
             engine.fast_decode = fast
@@ -528,7 +530,7 @@ def decode_agreement(engine, items: int = 40, new_tokens: int = 32, length: int 
         same += answers[0] == answers[1]
         if answers[0] != answers[1]:
             diffs.append((item.item_id, *answers))
-    return same, len(pool[:items]), diffs
+    return same, len(pool), diffs
 
 
 # ---------------------------------------------------------------------------- encoder: throughput and ranking
@@ -600,17 +602,15 @@ def ranking_recall(engine, length: int = 8192, items: int = 30, top: int | None 
     """Held-out synthetic items whose answer sits in some chunk: how often a chunk holding it is
     among the ``top`` ranked (default raw_top_n), per ranking mode. (hits, items)."""
     from .eval.metrics import normalize_answer
-    from .eval.tasks import synthetic_items
 
     top = top or engine.config.raw_top_n or 3
-    tasks = ("single_fact", "multi_fact", "two_chunk")
-    pool, _ = synthetic_items(tasks, [length], items_per_task=max(1, -(-items // len(tasks))))
+    pool = _held_out_items(items, length, tasks=("single_fact", "multi_fact", "two_chunk"))
     out, original = {}, engine.ranking_pass
     try:
         for mode in ("base", "shared"):
             engine.ranking_pass, hits, n = mode, 0, 0
             engine.cache.clear()
-            for item in pool[:items]:
+            for item in pool:
                 chunks = engine.chunk(item.context)
                 answers = [normalize_answer(a) for a in item.answers]
                 relevant = {i for i, c in enumerate(chunks) if any(a and a in normalize_answer(c.text) for a in answers)}
