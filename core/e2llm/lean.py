@@ -80,9 +80,6 @@ class LeanDecoder(nn.Module):
             self.norms.append((layer.input_layernorm, layer.post_attention_layernorm))
             del att.q_proj, att.k_proj, att.v_proj, mlp.gate_proj, mlp.up_proj  # the fused copies replace them
         self.scaling = self.head_dim ** -0.5
-        # Carry the residual stream (and the norms' outputs until each product) in float32 while the
-        # weights are bf16: rounding the stream to bf16 60 times a token moves near-tied logits.
-        self.float_residual = False
         self.cache_k: list[torch.Tensor] = []
         self.cache_v: list[torch.Tensor] = []
 
@@ -101,12 +98,9 @@ class LeanDecoder(nn.Module):
         H, KV, hd = self.num_heads, self.num_kv_heads, self.head_dim
         cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]  # (B, 1, T, hd)
         end = start + T
-        wdtype = self.embed.weight.dtype
-        if self.float_residual:
-            x = x.float()
         for i, (qkv, o, gate_up, down) in enumerate(zip(self.qkv, self.o, self.gate_up, self.down)):
             norm_in, norm_post = self.norms[i]
-            h = qkv(_rms_norm(x, norm_in).to(wdtype)).view(B, T, H + 2 * KV, hd).transpose(1, 2)  # (B, H+2KV, T, hd)
+            h = qkv(_rms_norm(x, norm_in)).view(B, T, H + 2 * KV, hd).transpose(1, 2)  # (B, H+2KV, T, hd)
             qk, v = h[:, :H + KV], h[:, H + KV:]
             half = hd // 2
             rotated = torch.cat((-qk[..., half:], qk[..., :half]), dim=-1)  # rotate_half, q and k at once
@@ -123,14 +117,11 @@ class LeanDecoder(nn.Module):
                 att = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scaling,
                                                      is_causal=mask is None, enable_gqa=H != KV)
             x = x + o(att.transpose(1, 2).reshape(B, T, H * hd))
-            g, u = gate_up(_rms_norm(x, norm_post).to(wdtype)).chunk(2, dim=-1)
+            g, u = gate_up(_rms_norm(x, norm_post)).chunk(2, dim=-1)
             x = x + down(F.silu(g) * u)
         return _rms_norm(x, self.norm)
 
-    def _head(self, h: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(h.to(self.lm_head.weight.dtype)).float()
-
-    # ---------------------------------------------------------------- the entry points
+    # ---------------------------------------------------------------- the two entry points
     @torch.no_grad()
     def prefill(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, max_len: int) -> torch.Tensor:
         """(B, T, D) left-padded embeddings, (B, T) mask -> (B, V) logits of the last position."""
@@ -149,8 +140,8 @@ class LeanDecoder(nn.Module):
             # a padded row attends to itself only, so no row is all -inf (NaN would reach its keys)
             mask = (causal & valid[:, None, :]) | torch.eye(T, dtype=torch.bool, device=valid.device)
             mask = mask[:, None]  # (B, 1, T, T)
-        h = self._layers(inputs_embeds if self.float_residual else inputs_embeds.to(dtype), pos, 0, mask)
-        return self._head(h[:, -1:])[:, 0]
+        h = self._layers(inputs_embeds.to(dtype), pos, 0, mask)
+        return self.lm_head(h[:, -1:])[:, 0].float()
 
     @torch.no_grad()
     def extend(self, ids: torch.Tensor) -> torch.Tensor:
@@ -165,7 +156,7 @@ class LeanDecoder(nn.Module):
         h = self._layers(self.embed(ids), pos, start, mask)
         self.next_pos = self.next_pos + T
         self.length += T
-        return self._head(h)
+        return self.lm_head(h).float()
 
     def rewind(self, n: int) -> None:
         """Forget the last n positions (drafted tokens not accepted); later calls overwrite their slots."""
@@ -183,4 +174,4 @@ class LeanDecoder(nn.Module):
         h = self._layers(self.embed(ids[:, None]), self.next_pos, start, mask)
         self.next_pos = self.next_pos + 1
         self.length += 1
-        return self._head(h)[:, 0]
+        return self.lm_head(h)[:, 0].float()

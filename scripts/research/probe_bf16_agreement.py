@@ -1,12 +1,12 @@
 """How close bf16 fast decoding comes to the float32 decoder's greedy text on text unlike the training
 corpus (Debian changelogs, copyright files, package descriptions in runs/machine-docs; docs/defaults.md
 builds it), three questions each, 32 new tokens, drafts on as shipped. Variants of the lean bf16 copy:
-  bf16          the residual stream in bf16 (the shipped default before 2026-12-02)
+  bf16          the residual stream in bf16 (as shipped)
   f32-residual  bf16 weights, residual stream and norms in float32 (LeanDecoder.float_residual)
   f32-res+head  as f32-residual, and a float32 lm_head
 Prints, for each, answers identical to float32 and decode ms a token after the first (interleaved).
+    git checkout e5659b3 -- core/e2llm/lean.py   # the float_residual knob, removed after this probe
     python scripts/research/probe_bf16_agreement.py [docs]"""
-import dataclasses
 import sys
 from pathlib import Path
 
