@@ -407,3 +407,29 @@ def test_bench_decode_rows_time_one_token_passes_and_drafted_ones(make_tiny_engi
     answers, tokens = bench.answer_decode_speed(engine, items=2, new_tokens=6, length=256)
     assert set(answers) == set(speed)
     assert all(wall >= 0 and cpu >= 0 for wall, cpu in answers.values()) and tokens >= 0
+
+
+def test_length_sorted_batches():
+    from e2llm.model import length_sorted_batches
+
+    assert length_sorted_batches([5, 2, 9, 2, 7], 2) == [[1, 3], [0, 4], [2]]
+    assert length_sorted_batches([], 4) == []
+
+
+def test_encoder_batches_sort_by_length_and_results_come_back_in_text_order(make_tiny_engine):
+    """Batches of similar length pad less; every result must still belong to its own text."""
+    engine = make_tiny_engine(encoder={"chunks_per_batch": 2})
+    engine.autocast_encoder = False  # float32 throughout: a batch's padding changes nothing but rounding
+    texts = ["fox den", "a", "the red fox", "x y", "the red sea bed"]
+    lengths = [len(x) for x in engine.encoder_tokenizer(texts)["input_ids"]]
+    assert max(lengths) <= engine.config.chunking.tokens_per_chunk + 2 and len(set(lengths)) == len(texts)  # no truncation
+    seen = []
+    real = engine._encoder_batches
+    engine._encoder_batches = lambda t, grad=True: ((seen.append(mask.sum(1).tolist()) or (r, s, mask)) for r, s, mask in real(t, grad))
+    together = engine.soft_prompts(texts, encoder_grad=False)
+    assert seen == [sorted(lengths)[0:2], sorted(lengths)[2:4], sorted(lengths)[4:]]  # shortest first, two a batch
+    one_by_one = torch.cat([engine.soft_prompts([t], encoder_grad=False) for t in texts])
+    torch.testing.assert_close(together, one_by_one, atol=1e-5, rtol=1e-4)
+    vectors = engine.retrieval_vectors(texts)
+    engine.cache.clear()
+    torch.testing.assert_close(vectors, torch.cat([engine.retrieval_vectors([t]) for t in texts]), atol=1e-5, rtol=1e-4)

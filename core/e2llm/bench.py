@@ -549,14 +549,16 @@ def matmul_peak_gflops(dtype: torch.dtype, size: int = 1024, repeats: int = 20) 
 
 def encoder_flops(engine, texts) -> float:
     """FLOPs of one encoder pass over texts as batched (padded positions count: they are computed)."""
+    from .model import length_sorted_batches
+
     enc = engine.encoder.get_base_model() if hasattr(engine.encoder, "get_base_model") else engine.encoder
     cfg = enc.config
     linear = sum(m.in_features * m.out_features for m in enc.modules() if isinstance(m, torch.nn.Linear))
     bs, max_len = engine.config.encoder.chunks_per_batch, engine.config.chunking.tokens_per_chunk + 2
     total = 0.0
-    for i in range(0, len(texts), bs):
-        ids = engine.encoder_tokenizer(list(texts[i:i + bs]), padding=True, truncation=True, max_length=max_len)["input_ids"]
-        n, length = len(ids), len(ids[0])
+    lengths = [len(x) for x in engine.encoder_tokenizer(list(texts), truncation=True, max_length=max_len)["input_ids"]]
+    for rows in length_sorted_batches(lengths, bs):  # as the engine batches them
+        n, length = len(rows), max(lengths[i] for i in rows)
         total += 2 * linear * n * length + 4 * cfg.num_hidden_layers * n * length ** 2 * cfg.hidden_size
     return total
 
