@@ -196,3 +196,30 @@ def test_bench_latency_with_raw_top_n(tiny_checkpoint, tmp_path):
     bad = run("bench", "latency", "--checkpoint", tiny_checkpoint, "--sizes", "200", "--long-sizes",
               "--max-new-tokens", "2", "--raw-top-n", "-1", "--output", out_dir)
     assert_one_line_error(bad, "--raw-top-n must be >= 0")
+    bad = run("bench", "latency", "--checkpoint", tiny_checkpoint, "--repeats", "0", "--output", out_dir)
+    assert_one_line_error(bad, "--repeats must be >= 1")
+
+
+def test_bench_latency_repeats_keep_the_median_run_and_a_fresh_store_per_round(make_tiny_engine, tmp_path, monkeypatch):
+    """--repeats runs the whole plan again; each row is its median run by time to first token, and
+    every round's first question meets an empty store (else later rounds would read, not encode)."""
+    from e2llm import bench
+
+    ttfts, seen = iter([0.5, 0.9, 0.1, 0.7, 0.3, 0.2, 0.6, 0.4, 0.8] * 10), []
+
+    def fake(kind):
+        def run(engine, doc, new_tokens, cached=False, store=False):
+            system = "store" if store else "cached" if cached else kind
+            if system == "e2llm":  # the store a first question fills
+                seen.append(engine.store.folder.name)
+            return bench.Row(system, len(doc), 0, next(ttfts), 1.0, 0.0)
+        return run
+
+    monkeypatch.setattr(bench, "run_full", fake("full"))
+    monkeypatch.setattr(bench, "run_rag", fake("rag"))
+    monkeypatch.setattr(bench, "run_e2llm", fake("e2llm"))
+    rows = bench.latency(make_tiny_engine(), sizes_full=(200,), sizes_e2llm_only=(), new_tokens=2, store_dir=tmp_path, repeats=3)
+    assert [r.system for r in rows] == ["full", "rag", "e2llm", "cached", "store"]
+    # warm-up took 0.5, 0.9; then rounds of five runs: (0.1 0.7 0.3 0.2 0.6) (0.4 0.8 0.5 0.9 0.1) (0.7 0.3 0.2 0.6 0.4)
+    assert [r.ttft_s for r in rows] == [0.4, 0.7, 0.3, 0.6, 0.4]
+    assert seen == ["round-0", "round-0", "round-1", "round-2"]  # warm-up, then one a round

@@ -175,9 +175,11 @@ def run_rag(engine, document: str, new_tokens: int, top: int = 3) -> Row:
 
 
 def latency(engine, sizes_full=(2048, 4096, 8192), sizes_e2llm_only=(32768, 131072), new_tokens: int = 32,
-            output: Path | None = None, store_dir: Path | None = None) -> list[Row]:
+            output: Path | None = None, store_dir: Path | None = None, repeats: int = 1) -> list[Row]:
     """Every system at every size, side by side in one run. With store_dir, e2llm also answers
-    from an on-disk store the first question filled ("e2llm (disk store)")."""
+    from an on-disk store the first question filled ("e2llm (disk store)"). With repeats > 1 the
+    whole plan runs that many times over (every system sees the same drift of a noisy host) and
+    each row is the run with the median time to first token."""
     from tqdm import tqdm
 
     tok = engine.decoder_tokenizer
@@ -190,23 +192,28 @@ def latency(engine, sizes_full=(2048, 4096, 8192), sizes_e2llm_only=(32768, 1310
         plan += [("full", n_fit), ("rag", n_fit)] + [(m, n_fit) for m in e2llm_modes]
     plan += [(s, n) for n in sizes_e2llm_only for s in ["rag"] + e2llm_modes]
     if store_dir:
-        engine.use_store(store_dir)
+        engine.use_store(store_dir / "round-0")
     run_e2llm(engine, make_document(tok, 512), new_tokens)  # warm-up: first-call costs out of the table
     run_full(engine, make_document(tok, 512), new_tokens)
-    rows, docs = [], {}
-    for system, n in tqdm(plan, desc="bench latency", unit="run"):
+    runs, docs = {}, {}
+    todo = [(r, system, n) for r in range(repeats) for system, n in plan]
+    for i, (round_, system, n) in enumerate(tqdm(todo, desc="bench latency", unit="run")):
         doc = docs.setdefault(n, make_document(tok, n))
+        if store_dir and round_ and i % len(plan) == 0:
+            engine.use_store(store_dir / f"round-{round_}")  # empty: each round's first questions encode anew
         if system == "full":
-            rows.append(run_full(engine, doc, new_tokens))
+            row = run_full(engine, doc, new_tokens)
         else:
             store = engine.store
             if system != "store":  # only e2llm's first question fills the store (and the store row reads it)
                 engine.store = store if system == "e2llm" else None
             if system == "rag":
-                rows.append(run_rag(engine, doc, new_tokens))
+                row = run_rag(engine, doc, new_tokens)
             else:
-                rows.append(run_e2llm(engine, doc, new_tokens, cached=system == "cached", store=system == "store"))
+                row = run_e2llm(engine, doc, new_tokens, cached=system == "cached", store=system == "store")
             engine.store = store
+        runs.setdefault((system, n), []).append(row)
+    rows = [sorted(rs, key=lambda r: r.ttft_s)[len(rs) // 2] for rs in runs.values()]  # the median run, in plan order
     if output:
         output.mkdir(parents=True, exist_ok=True)
         (output / "latency.json").write_text(json.dumps([asdict(r) for r in rows], indent=2))
@@ -294,6 +301,8 @@ def add_bench_parser(sub) -> None:
     lat.add_argument("--long-sizes", type=int, nargs="*", default=[32768, 131072], help="sizes run by E2LLM alone")
     lat.add_argument("--output", type=Path, default=Path("bench-results"))
     lat.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    lat.add_argument("--repeats", type=int, default=1,
+                     help="run the whole plan this many times; each row is the run with the median time to first token")
     lat.add_argument("--no-store", dest="store", action="store_false",
                      help="skip the 'fresh process over a document in the on-disk store' rows")
     lat.add_argument("--raw-top-n", type=int, default=None,
@@ -307,6 +316,8 @@ def add_bench_parser(sub) -> None:
             torch.set_num_threads(args.threads)
         if args.raw_top_n is not None and args.raw_top_n < 0:  # before minutes of model loading
             raise InputError(f"--raw-top-n must be >= 0, got {args.raw_top_n}")
+        if args.repeats < 1:
+            raise InputError(f"--repeats must be >= 1, got {args.repeats}")
         engine = load_from_args(args)
         if args.raw_top_n is not None:
             engine.config.raw_top_n = args.raw_top_n
@@ -315,7 +326,9 @@ def add_bench_parser(sub) -> None:
 
         with tempfile.TemporaryDirectory(prefix="e2llm-bench-store-") as store:  # empty: the first question fills it
             rows = latency(engine, args.sizes, args.long_sizes, args.new_tokens, args.output,
-                           Path(store) if args.store else None)
+                           Path(store) if args.store else None, args.repeats)
+        if args.repeats > 1:
+            print(f"each row: the run with the median time to first token of {args.repeats}")
         print(format_table(rows))
         print(f"written: {args.output}/latency.md, latency.json, latency.png")
         return 0
