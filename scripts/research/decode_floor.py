@@ -9,24 +9,12 @@ could reach on this machine, both questions decoding at the floor: (first_ttft +
 31 x floor) for the issue's 32 new tokens.
     python scripts/research/decode_floor.py [build/lat/latency.json]"""
 import json
-import statistics
 import sys
-import time
 
 import torch
 
 from lean_steps import lean_decoder
-
-
-def best_ms(f, reps=20, rounds=5):
-    f()
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(reps):
-            f()
-        times.append(1e3 * (time.perf_counter() - start) / reps)
-    return min(times)
+from lean_steps import timed_ms as best_ms
 
 
 engine, lean = lean_decoder()

@@ -27,3 +27,16 @@ def step_loop(lean, prompt_tokens: int = 200):
         return 1e3 * (time.perf_counter() - start) / steps, out
 
     return run
+
+
+def timed_ms(f, reps: int = 20, rounds: int = 5, pick=min) -> float:
+    """ms a call of f: rounds of reps calls after one warm-up call, the rounds' mean per call reduced by pick
+    (min: the machine's best; statistics.median: its typical)."""
+    f()
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(reps):
+            f()
+        times.append(1e3 * (time.perf_counter() - start) / reps)
+    return pick(times)

@@ -9,6 +9,8 @@ import time
 import torch
 from torch.utils.cpp_extension import load_inline
 
+from lean_steps import timed_ms
+
 KERNEL = r"""
 #include <torch/extension.h>
 #include <immintrin.h>
@@ -52,15 +54,8 @@ std::vector<torch::Tensor> gemv_all(std::vector<torch::Tensor> xs, std::vector<t
 """
 
 
-def median_ms(f, reps=10, rounds=5):
-    f()
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(reps):
-            f()
-        times.append(1e3 * (time.perf_counter() - start) / reps)
-    return sorted(times)[len(times) // 2]
+def median_ms(f):
+    return timed_ms(f, reps=10, pick=lambda times: sorted(times)[len(times) // 2])
 
 
 start = time.time()
