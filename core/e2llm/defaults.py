@@ -23,6 +23,28 @@ _DECODER_CACHE_NAME = "smollm2-135m-instruct-hf-v1"
 
 # The checkpoint trained by this project for the default models, shipped inside the package.
 SHIPPED_CHECKPOINT = Path(__file__).parent / "checkpoints" / "default"
+# What restores it: the files travel in the wheel (package-data) and in the repository.
+SHIPPED_REINSTALL = ("reinstall e2llm to restore it (from a checkout: git checkout -- core/e2llm/checkpoints/default, "
+                     "then pip install -e .; from a wheel: pip install --force-reinstall --no-deps e2llm)")
+
+
+def shipped_checkpoint() -> Path:
+    """The shipped checkpoint's folder, or a CheckpointError saying how to reinstall it: without
+    it "default" would be an untrained adapter, whose answers are noise."""
+    from .errors import CheckpointError
+
+    missing = [name for name in ("config.json", "model.safetensors") if not (SHIPPED_CHECKPOINT / name).is_file()]
+    if missing:
+        raise CheckpointError(f"the default checkpoint shipped with e2llm lacks {' and '.join(missing)} in "
+                              f"{SHIPPED_CHECKPOINT}; {SHIPPED_REINSTALL}")
+    return SHIPPED_CHECKPOINT
+
+
+def shipped_damaged(error: Exception):
+    """The CheckpointError for shipped files that are there but cannot be read or do not fit."""
+    from .errors import CheckpointError
+
+    return CheckpointError(f"the default checkpoint shipped with e2llm is damaged ({error}); {SHIPPED_REINSTALL}")
 
 
 def cache_dir() -> Path:

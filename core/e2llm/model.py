@@ -146,17 +146,23 @@ class E2LLM(GenerationMixin, nn.Module):
         quantization: the decoder's base weights, "none" or "4bit" (CUDA + bitsandbytes; None: what the
         checkpoint was trained with; "none" loads a 4-bit-trained checkpoint on a CPU)."""
         options = dict(dtype=dtype, device=device, quantization=quantization, cache_bytes=cache_bytes)
-        if str(name_or_path) == "default":
-            path = defaults.SHIPPED_CHECKPOINT
-            if not (path / "config.json").exists():
-                _warn_untrained_once(stacklevel=3)
-                return cls._build(E2LLMConfig(), **options)
-        else:
-            path = Path(name_or_path)
-        config = read_config(path)
-        tensors = read_tensors(path)  # fail on a broken file before spending time on backbones
+        shipped = str(name_or_path) == "default"
+        # "default" without its shipped files is an error, never a silent untrained adapter (noise answers)
+        path = defaults.shipped_checkpoint() if shipped else Path(name_or_path)
+        try:
+            config = read_config(path)  # a ConfigError on a bad config.json
+            tensors = read_tensors(path)  # fail on a broken file before spending time on backbones
+        except E2LLMError as e:
+            if shipped:
+                raise defaults.shipped_damaged(e) from None
+            raise
         model = cls._build(config, **options)
-        model.load_trained_state_dict(tensors, source=str(path))
+        try:
+            model.load_trained_state_dict(tensors, source=str(path))
+        except CheckpointError as e:
+            if shipped:
+                raise defaults.shipped_damaged(e) from None
+            raise
         if not config.trained:
             _warn_untrained_once(stacklevel=3)
         return model
