@@ -160,9 +160,20 @@ def test_stream_never_takes_back_text_when_a_stop_string_ends_in_a_multibyte_cha
 
 
 def test_sampling_runs(tiny_engine):
-    torch.manual_seed(0)
-    out = tiny_engine.generate("Where?", DOC, do_sample=True, temperature=0.7, top_p=0.9)
-    assert isinstance(out, str)
+    """Sampling draws from the model's distribution: a seed repeats its draw, other seeds draw
+    other answers than greedy decoding, and a top_p so small that only the most likely token
+    survives gives the greedy answer (so top_p is applied, not ignored)."""
+    greedy = tiny_engine.generate("Where?", DOC, max_new_tokens=8, return_result=True)
+
+    def sample(seed: int, **options):
+        torch.manual_seed(seed)
+        return tiny_engine.generate("Where?", DOC, do_sample=True, max_new_tokens=8, return_result=True, **options)
+
+    first = sample(0, temperature=0.7, top_p=0.9)
+    assert first.text == sample(0, temperature=0.7, top_p=0.9).text and 0 < first.new_tokens <= 8
+    drawn = {sample(seed, temperature=1.5).text for seed in range(4)}
+    assert len(drawn) > 1 and greedy.text not in drawn, (drawn, greedy.text)
+    assert {sample(seed, temperature=1.5, top_p=1e-6).text for seed in range(3)} == {greedy.text}
 
 
 def test_threads_agree_with_sequential(tiny_engine):
@@ -425,7 +436,7 @@ def test_encoder_batches_sort_by_length_and_results_come_back_in_text_order(make
     assert max(lengths) <= engine.config.chunking.tokens_per_chunk + 2 and len(set(lengths)) == len(texts)  # no truncation
     seen = []
     real = engine._encoder_batches
-    engine._encoder_batches = lambda t, grad=True: ((seen.append(mask.sum(1).tolist()) or (r, s, mask)) for r, s, mask in real(t, grad))
+    engine._encoder_batches = lambda t, grad=True: ((seen.append(mask.sum(1).tolist()) or (r, s, mask, i)) for r, s, mask, i in real(t, grad))
     together = engine.soft_prompts(texts, encoder_grad=False)
     assert seen == [sorted(lengths)[0:2], sorted(lengths)[2:4], sorted(lengths)[4:]]  # shortest first, two a batch
     one_by_one = torch.cat([engine.soft_prompts([t], encoder_grad=False) for t in texts])
