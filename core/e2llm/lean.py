@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .packed import PackedLinear  # the packed bf16 product where the copy uses it
+
 _FAMILIES = {"llama", "mistral", "qwen2"}
 
 
@@ -38,8 +40,6 @@ def supports(model: nn.Module) -> bool:
 
 def _fuse(linears: list[nn.Module]) -> nn.Module:
     """One product for several that read the same input: their weights stacked by output rows."""
-    from .decoding import PackedLinear  # the packed bf16 product where the copy uses it
-
     weight = torch.cat([m.weight for m in linears], dim=0)
     biases = [m.bias for m in linears]
     fused = nn.Linear(weight.shape[1], weight.shape[0], bias=biases[0] is not None, dtype=weight.dtype, device=weight.device)
