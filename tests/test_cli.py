@@ -203,7 +203,7 @@ def test_bench_latency_with_raw_top_n(tiny_checkpoint, tmp_path):
 def test_bench_latency_repeats_keep_the_median_run_and_a_fresh_store_per_round(make_tiny_engine, tmp_path, monkeypatch):
     """--repeats runs the whole plan again; each row is its median run by time to first token, and
     every round's first question meets an empty store (else later rounds would read, not encode)."""
-    from e2llm import bench
+    from e2llm.bench import latency_bench as bench
 
     ttfts, seen = iter([0.5, 0.9, 0.1, 0.7, 0.3, 0.2, 0.6, 0.4, 0.8] * 10), []
 

@@ -39,10 +39,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
-from ..bench import PeakMemory
 from ..chunking import Chunk
 from ..errors import ContextTooLongError
 from ..lora_switch import decoder_lora
+from ..meters import PeakMemory
 from ..prompts import PromptLayout
 from ..softprompts import SoftPrompts
 
