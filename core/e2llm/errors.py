@@ -2,7 +2,19 @@
 
 
 class E2LLMError(Exception):
-    """Bad input or environment that the user can fix; the message says how."""
+    """Bad input or environment that the user can fix; the message says how.
+
+    The message speaks the Python interface (arguments, ``overflow='truncate'``). Where the
+    command line's words differ (flags, ``--overflow truncate``; no mention of settings that
+    have no flag), the raiser also passes ``cli=``: the CLI prints that one (:meth:`for_cli`).
+    """
+
+    def __init__(self, message: str = "", *, cli: str | None = None):
+        super().__init__(message)
+        self.cli = cli
+
+    def for_cli(self) -> str:
+        return self.cli or str(self)
 
 
 class ConfigError(E2LLMError, ValueError):

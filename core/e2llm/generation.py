@@ -31,11 +31,13 @@ class GenerationResult:
     soft_tokens: int  # soft-prompt vectors the decoder read
     new_tokens: int
     context_tokens: int  # encoder tokens of the document(s) that were compressed
-    chunks: list[Chunk] = field(default_factory=list)  # the chunks read, in order
+    # The chunks read, in document order: as soft prompts, or (raw_only) as raw text alone. Every
+    # index in raw_chunks points into this list, in every reading mode.
+    chunks: list[Chunk] = field(default_factory=list)
     dropped_chunks: int = 0  # left out under overflow="truncate"
     raw_only: bool = False  # hybrid beyond soft_prompts_max_tokens: the raw chunks alone, no soft prompts
-    raw_chunks: list[int] = field(default_factory=list)  # indices (into the context's chunks) also read raw
-    chunk_scores: Optional[list[float]] = None  # attention share of each read chunk's soft tokens (sums to 1)
+    raw_chunks: list[int] = field(default_factory=list)  # indices into `chunks` of those also (raw_only: only) read raw
+    chunk_scores: Optional[list[float]] = None  # attention share of each of `chunks` (soft tokens; raw_only: raw text)
     citations: Optional[list["Citation"]] = None  # soft chunks and raw passages, by share of the answer's attention
     finish_reason: str = "length"  # "stop" (end of turn or stop string) or "length"
 
@@ -194,25 +196,28 @@ class GenerationMixin:
             raise InputError(f"overflow must be 'error' or 'truncate', got {overflow!r}")
         raw_top_n = self.config.raw_top_n if raw_top_n is None else raw_top_n
         if raw_top_n < 0:
-            raise InputError(f"raw_top_n must be >= 0, got {raw_top_n}")
+            raise InputError(f"raw_top_n must be >= 0, got {raw_top_n}",
+                             cli=f"--raw-top-n must be >= 0, got {raw_top_n}")
         if context is None:
             chunks: list[Chunk] = []
         elif isinstance(context, SoftPrompts):
             chunks = context.chunks
         else:
             chunks = self.chunk(context)
+        k, window = self.config.adapter.tokens_per_chunk, self.window_tokens
+        if overflow == "error":
+            self._check_size(question, chunks, max_new_tokens)  # before the ranking pass encodes every chunk
 
         raw_idx = self.raw_chunk_indices(question, chunks, raw_top_n)
         raw = [str(t) for t in raw_texts] + [chunks[i].text for i in raw_idx]
         ids = self.layout.ids(question, raw)
-        k, window = self.config.adapter.tokens_per_chunk, self.window_tokens
         num_groups = len({c.doc_index for c in chunks})
         fixed = PromptLayout.num_tokens(ids, num_groups) + max_new_tokens
         if fixed + (k if chunks else 0) > window:
-            raise ContextTooLongError(
-                f"the prompt takes {fixed - max_new_tokens} tokens (question{', raw passages' if raw else ''} and instruction) "
-                f"+ {max_new_tokens} new tokens, beyond the decoder window of {window} tokens; shorten the question"
-                f"{', lower raw_top_n' if raw_top_n else ''} or lower max_new_tokens")
+            what = (f"the prompt takes {fixed - max_new_tokens} tokens (question{', raw passages' if raw else ''} and "
+                    f"instruction) + {max_new_tokens} new tokens, beyond the decoder window of {window} tokens; shorten the question")
+            raise ContextTooLongError(f"{what}{', lower raw_top_n' if raw_top_n else ''} or lower max_new_tokens",
+                                      cli=f"{what}{', lower --raw-top-n' if raw_top_n else ''} or lower --max-new-tokens")
         fit = (window - fixed) // k
         keep = list(range(len(chunks)))
         limit = self.config.soft_prompts_max_tokens  # measured where soft prompts cost answers: docs/defaults.md
@@ -223,11 +228,18 @@ class GenerationMixin:
             if overflow == "error":
                 context_tokens = sum(c.num_tokens for c in chunks)
                 need = math.ceil(context_tokens / max(1, fit))
+                what = (f"the document needs {len(chunks)} chunks ({len(chunks) * k} soft tokens) but the decoder window "
+                        f"({window} tokens) fits {fit} chunks with this prompt")
                 raise ContextTooLongError(
-                    f"the document needs {len(chunks)} chunks ({len(chunks) * k} soft tokens) but the decoder window "
-                    f"({window} tokens) fits {fit} chunks with this prompt; use chunks of about {need} tokens "
-                    f"(chunking.tokens_per_chunk is {self.config.chunking.tokens_per_chunk}), fewer soft tokens per chunk, "
-                    f"a smaller max_new_tokens, or overflow='truncate' to keep the {fit} chunks most similar to the question")
+                    f"{what}; use chunks of about {need} tokens (chunking.tokens_per_chunk is "
+                    f"{self.config.chunking.tokens_per_chunk}), fewer soft tokens per chunk, a smaller max_new_tokens, "
+                    f"or overflow='truncate' to keep the {fit} chunks most similar to the question",
+                    cli=f"{what}; pass --overflow truncate to keep the {fit} chunks most similar to the question, "
+                        f"or lower --raw-top-n or --max-new-tokens")
+            if len(raw_idx) > fit:  # the raw passages left less room than they number: they could not all be kept
+                raise ContextTooLongError(
+                    f"the {len(raw_idx)} raw passages leave room for {fit} chunks in the decoder window; lower raw_top_n",
+                    cli=f"the {len(raw_idx)} raw passages leave room for {fit} chunks in the decoder window; lower --raw-top-n")
             keep = sorted(self.rank_chunks(question, chunks)[:fit])  # cached: cheap after raw_chunk_indices
 
         if isinstance(context, SoftPrompts):
@@ -235,12 +247,31 @@ class GenerationMixin:
         else:
             kept = [chunks[i] for i in keep]
             sp = SoftPrompts(self.encode_chunks(kept), kept)
+        # result.chunks: what was read (raw-only: the raw chunks); raw_chunks index into it, whatever the mode
+        read = raw_idx if raw_only else keep
+        position = {i: j for j, i in enumerate(read)}  # raw_idx is a subset of keep (checked above when truncating)
         result = GenerationResult(text="", prompt_tokens=fixed - max_new_tokens, soft_tokens=sp.num_soft_tokens,
-                                  new_tokens=0, context_tokens=sum(c.num_tokens for c in chunks), chunks=sp.chunks,
+                                  new_tokens=0, context_tokens=sum(c.num_tokens for c in chunks),
+                                  chunks=[chunks[i] for i in read],
                                   dropped_chunks=0 if raw_only else len(chunks) - len(keep), raw_only=raw_only,
-                                  raw_chunks=raw_idx)
+                                  raw_chunks=[position[i] for i in raw_idx])
         return _Prepared(self.layout.pieces(ids, sp.groups()), result, question, raw,
                          [None] * len(raw_texts) + [chunks[i] for i in raw_idx])
+
+    def _check_size(self, question: str, chunks: Sequence[Chunk], max_new_tokens: int) -> None:
+        """The documented size limit (README "Limitations"): a context of more chunks than the
+        decoder window holds as soft tokens beside the question is an error in every reading mode,
+        raised before the ranking pass encodes them all (minutes for millions of tokens)."""
+        k, window = self.config.adapter.tokens_per_chunk, self.window_tokens
+        room = (window - PromptLayout.num_tokens(self.layout.ids(question, []), 1) - max_new_tokens) // k
+        if room <= 0 or len(chunks) <= room:  # room <= 0: the prompt alone overflows, which _prepare reports
+            return
+        tokens = sum(c.num_tokens for c in chunks)
+        what = (f"the context has {tokens:,} tokens in {len(chunks):,} chunks, more than the {room:,} chunks "
+                f"(about {room * tokens // len(chunks):,} tokens) that the decoder window of {window} tokens "
+                f"holds as soft tokens beside this question; split the document")
+        raise ContextTooLongError(f"{what}, or pass overflow='truncate' to read only the chunks most similar to the question",
+                                  cli=f"{what}, or pass --overflow truncate to read only the chunks most similar to the question")
 
     # ---------------------------------------------------------------- decoding
     def _stop_token_ids(self) -> set[int]:
@@ -361,7 +392,7 @@ class GenerationMixin:
             mass = answer_attention(base, embeds, rows)[:prompt_len].cpu()  # (T_prompt,)
 
         per_chunk = torch.zeros(0)
-        if res.chunks:
+        if res.soft_tokens:
             per_soft = mass[spliced.soft_mask[0].cpu()]  # (N * k,) in chunk order
             per_chunk = per_soft.view(len(res.chunks), -1).sum(-1)
         suffix_start = prompt_len - len(prepared.pieces[-1].ids)
@@ -370,6 +401,8 @@ class GenerationMixin:
         res.citations = sorted([Citation("soft", float(m) / total, c) for m, c in zip(per_chunk, res.chunks)]
                                + [Citation("raw", m / total, src, i) for i, (m, src) in enumerate(zip(raw_mass, prepared.raw_sources))],
                                key=lambda c: -c.score)
+        if res.raw_only:  # the chunks were read as raw text: their passages' shares, in the order of res.chunks
+            per_chunk = torch.tensor(raw_mass[len(raw_mass) - len(res.chunks):])
         if not res.chunks:
             return []
         return (per_chunk / per_chunk.sum().clamp(min=1e-12)).tolist()

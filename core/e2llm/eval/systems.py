@@ -102,7 +102,7 @@ class Outcome:
     prompt_tokens: int = 0  # ordinary tokens read (instruction, question, raw passages)
     soft_tokens: int = 0
     new_tokens: int = 0
-    raw_chunks: list[int] = field(default_factory=list)  # chunks also read as raw text (hybrid, rag)
+    raw_chunks: list[int] = field(default_factory=list)  # indices into the document's chunks also read raw (hybrid, rag)
     dropped_chunks: int = 0
     finish_reason: str = ""
     call_s: float = 0.0  # the answering call alone
@@ -182,7 +182,7 @@ def run_system(engine, system: str, question: str, context: str, prepared: Prepa
     if system in NEEDS_OTHER_SOFT and prepared.other_soft is None:
         raise ValueError("e2llm_swapped needs another document's soft prompts: prepare_item(..., other_context=...)")
     kwargs = dict(max_new_tokens=settings.max_new_tokens, stop=list(stop) or None, return_result=True)
-    budget = None
+    budget, picked = None, None  # picked: indices into prepared.chunks read raw, where this function picks them
     lora_on = settings.baseline_lora or system in E2LLM_SYSTEMS
     try:
         with PeakMemory(engine.device) as mem, decoder_lora(engine, lora_on):
@@ -192,7 +192,6 @@ def run_system(engine, system: str, question: str, context: str, prepared: Prepa
                 soft = prepared.other_soft if system == "e2llm_swapped" else None
                 result = engine.generate(question, soft, raw_texts=[prepared.chunks[i].text for i in picked], raw_top_n=0,
                                          overflow="truncate", **kwargs)
-                result.raw_chunks = picked
             elif system in E2LLM_SYSTEMS:
                 raw_top_n = hybrid_raw_top_n(engine, settings) if system == "e2llm_hybrid" else 0
                 result = engine.generate(question, prepared.soft, raw_top_n=raw_top_n, overflow="truncate", **kwargs)
@@ -205,7 +204,6 @@ def run_system(engine, system: str, question: str, context: str, prepared: Prepa
                     budget += sum(count(i) for i in order[:hybrid_raw_top_n(engine, settings)])
                 picked, _ = select_rag_chunks(order, count, budget)
                 result = engine.generate(question, None, raw_texts=[prepared.chunks[i].text for i in picked], **kwargs)
-                result.raw_chunks = picked
             elif system == "full":
                 result = engine.generate(question, None, raw_texts=[context], **kwargs)
             else:
@@ -214,6 +212,8 @@ def run_system(engine, system: str, question: str, context: str, prepared: Prepa
     except ContextTooLongError:
         return Outcome(NA_WINDOW, rag_budget_tokens=budget)
     shared_s, shared_mem = prepared.charged(system)
+    if picked is None:  # the engine picked them: result.raw_chunks index into result.chunks, these into the document's
+        picked = [prepared.chunks.index(result.chunks[i]) for i in result.raw_chunks]
     return Outcome("ok", result.text, result.prompt_tokens, result.soft_tokens, result.new_tokens,
-                   list(result.raw_chunks), result.dropped_chunks, result.finish_reason, call_s,
+                   list(picked), result.dropped_chunks, result.finish_reason, call_s,
                    call_s + shared_s, max(mem.peak_mb, shared_mem), budget)
