@@ -89,13 +89,85 @@ def test_question_too_long(tiny_checkpoint, tmp_path):
     assert_one_line_error(run("ask", "--checkpoint", tiny_checkpoint, "--context", doc, "-q", "why " * 2000), "shorten the question")
 
 
+def assert_cli_words(proc):
+    """A CLI error names flags, never the Python API's arguments or settings that have no flag."""
+    err = proc.stderr.decode()
+    for python_words in ("overflow='truncate'", "raw_top_n", "max_new_tokens", "chunking.tokens_per_chunk"):
+        assert python_words not in err, err
+
+
 def test_document_too_long(tiny_checkpoint, tmp_path):
+    from e2llm import ContextTooLongError, E2LLM
+
     doc = tmp_path / "doc.txt"
     doc.write_text("A sentence that goes on. " * 6000)
     proc = run("ask", "--checkpoint", tiny_checkpoint, "--context", doc, "-q", "Q?")
-    assert_one_line_error(proc, "fits")
+    assert_one_line_error(proc, "more than the")
+    assert "--overflow truncate" in proc.stderr.decode()
+    assert_cli_words(proc)
+    with pytest.raises(ContextTooLongError, match="overflow='truncate'"):  # the Python API speaks its own arguments
+        E2LLM.from_pretrained(tiny_checkpoint).generate("Q?", doc.read_text())
     ok = run("ask", "--checkpoint", tiny_checkpoint, "--context", doc, "-q", "Q?", "--overflow", "truncate", "-v")
     assert ok.returncode == 0 and "chunks dropped" in ok.stderr.decode()
+
+
+def test_window_overflow_error_names_flags(tiny_checkpoint, tmp_path, monkeypatch):
+    """The window check after ranking (raw passages taken) speaks flags too, and offers no setting without one."""
+    from e2llm.generation import GenerationMixin
+
+    monkeypatch.setattr(GenerationMixin, "_check_size", lambda *a, **k: None)  # reach the later check
+    doc = tmp_path / "doc.txt"
+    doc.write_text("A sentence that goes on. " * 6000)
+    proc = run("ask", "--checkpoint", tiny_checkpoint, "--context", doc, "-q", "Q?", "--raw-top-n", "1")
+    assert_one_line_error(proc, "fits")
+    assert "--overflow truncate" in proc.stderr.decode()
+    assert_cli_words(proc)
+
+
+def test_a_document_past_the_documented_limit_is_refused_before_any_model_loads(tmp_path, monkeypatch):
+    """README "Limitations": past about 400K tokens is an error. A 5 MB file once ran 339 s and exited 0."""
+    import e2llm.cli_common
+    from e2llm.cli_common import max_document_chars
+
+    class Loaded(Exception):
+        pass
+
+    def loading(*args, **kwargs):
+        raise Loaded
+
+    monkeypatch.setattr(e2llm.cli_common, "load_engine", loading)
+    monkeypatch.setattr("e2llm.cli.load_from_args", loading)
+    limit = max_document_chars("default")
+    assert limit == 8192 * 64 * 8  # the default decoder's window in 64-token chunks, at 8 characters a token
+    big = tmp_path / "big.txt"
+    big.write_text("word " * (limit // 5 + 1))
+    assert_one_line_error(run("ask", "--context", big, "-q", "Q?"), f"more than e2llm reads")
+    assert_cli_words(run("ask", "--context", big, "-q", "Q?"))
+    with pytest.raises(Loaded):  # --overflow truncate: the user accepts reading part of it
+        run("ask", "--context", big, "-q", "Q?", "--overflow", "truncate")
+    big.write_text("word " * (limit // 5 - 1))  # within the bound: on to loading (and the engine's token count)
+    with pytest.raises(Loaded):
+        run("ask", "--context", big, "-q", "Q?")
+
+
+def test_info_reports_what_ask_reads(tiny_checkpoint, tmp_path):
+    """Beyond soft_prompts_max_tokens the default reads raw chunks alone: no soft tokens or ratio then."""
+    hybrid = tmp_path / "hybrid"
+    hybrid.mkdir()
+    cfg = json.loads((tiny_checkpoint / "config.json").read_text())
+    cfg.update(raw_top_n=2, soft_prompts_max_tokens=100)
+    (hybrid / "config.json").write_text(json.dumps(cfg))
+    (hybrid / "model.safetensors").write_bytes((tiny_checkpoint / "model.safetensors").read_bytes())
+    short, long_ = tmp_path / "short.txt", tmp_path / "long.txt"
+    short.write_text("The fox is red. " * 5)
+    long_.write_text("The fox is red. The sea is deep. " * 40)
+    out = run("info", "--checkpoint", hybrid, "--context", short, long_).stdout.decode()
+    short_line, long_line = (next(l for l in out.splitlines() if l.startswith(f"{f}:")) for f in (short, long_))
+    assert "soft tokens" in short_line and "compression" in short_line and "2 chunks most similar" in short_line
+    assert "alone, no soft prompts" in long_line and "soft tokens" not in long_line and "compression" not in long_line
+    huge = tmp_path / "huge.txt"
+    huge.write_text("A sentence that goes on. " * 6000)
+    assert "refuses it" in run("info", "--checkpoint", hybrid, "--context", huge).stdout.decode()
 
 
 @pytest.mark.parametrize("content, extra, needle", [
@@ -223,3 +295,30 @@ def test_bench_latency_repeats_keep_the_median_run_and_a_fresh_store_per_round(m
     # warm-up took 0.5, 0.9; then rounds of five runs: (0.1 0.7 0.3 0.2 0.6) (0.4 0.8 0.5 0.9 0.1) (0.7 0.3 0.2 0.6 0.4)
     assert [r.ttft_s for r in rows] == [0.4, 0.7, 0.3, 0.6, 0.4]
     assert seen == ["round-0", "round-0", "round-1", "round-2"]  # warm-up, then one a round
+
+
+def test_help_imports_no_torch_and_lists_every_subcommand():
+    """``e2llm --help`` used to take ~2.6 s importing torch; the heavy parsers load only when chosen."""
+    code = ("import sys\nfrom e2llm.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "heavy = sorted(m for m in ('torch', 'transformers') if m in sys.modules)\nassert not heavy, heavy\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, env=dict(os.environ, PYTHONPATH=str(ROOT / "core")),
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()
+    for name in ("ask", "info", "bench", "train", "eval", "validate"):
+        assert name in proc.stdout.decode()
+
+
+def test_lazy_subcommand_stubs_match_the_real_parsers():
+    """The help the stubs show is the help the real parsers register (they would drift otherwise)."""
+    import argparse
+
+    from e2llm.cli import LAZY_SUBCOMMANDS, build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    real = {a.dest: a.help for a in sub._choices_actions}
+    assert {name: help_ for name, (_, help_) in LAZY_SUBCOMMANDS.items()} == {n: real[n] for n in LAZY_SUBCOMMANDS}
+    for name in LAZY_SUBCOMMANDS:  # the chosen subcommand gets its real parser, the others stubs
+        parser = build_parser(only=name)
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        assert len(sub.choices[name]._actions) > 1 and all(
+            len(sub.choices[other]._actions) == 1 for other in LAZY_SUBCOMMANDS if other != name)  # stubs: only -h

@@ -1,17 +1,31 @@
-"""Command line: ``e2llm ask | info | bench | train | eval``.
+"""Command line: ``e2llm ask | info | bench | train | eval | validate``.
 
-User errors (bad files, bad configs, documents that do not fit) print one line and exit 2;
-a traceback from here means a bug in e2llm.
+User errors (bad files, bad configs, documents that do not fit) print one line, in the words of
+the command line (flags, not Python arguments), and exit 2; a traceback from here means a bug.
+
+Start-up: this module, ``e2llm/__init__`` and ``cli_common`` import no torch or transformers,
+and the bench/train/eval/validate parsers are imported only for the subcommand being run, so
+``e2llm --help`` and input errors answer in well under a second.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
-from .cli_common import add_model_args, load_from_args, quiet_libraries, read_text_file
-from .errors import E2LLMError, InputError
+from .cli_common import add_model_args, check_document_size, load_from_args, quiet_libraries, read_text_file
+from .errors import ContextTooLongError, E2LLMError, InputError
 
 EXIT_USAGE = 2
+
+# Subcommands whose parsers live in heavier modules: (module, help shown by ``e2llm --help``).
+# Only the one being run is imported; tests/test_cli.py checks these helps match the real ones.
+LAZY_SUBCOMMANDS = {
+    "bench": ("e2llm.bench.cli", "benchmarks (printed side by side in one run)"),
+    "train": ("e2llm.train.cli", "train the adapter and LoRAs (reconstruction + instruction tuning)"),
+    "eval": ("e2llm.eval.cli", "accuracy / latency / memory of e2llm vs rag, full context and no context"),
+    "validate": ("e2llm.train.validate", "held-out reconstruction: loss with vs without soft prompts, ROUGE-L"),
+}
 
 
 def cmd_ask(args) -> int:
@@ -32,6 +46,8 @@ def cmd_ask(args) -> int:
         raise InputError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}; leave it out for the checkpoint's default")
     if args.raw_top_n is not None and args.raw_top_n < 0:
         raise InputError(f"--raw-top-n must be >= 0 (0: compressed only), got {args.raw_top_n}; leave it out for the checkpoint's")
+    if args.overflow == "error":
+        check_document_size(names, docs, args.checkpoint)  # the documented limit, before a minute of loading
     engine = load_from_args(args)
     context = docs[0] if len(docs) == 1 else docs
     kwargs = dict(max_new_tokens=args.max_new_tokens, raw_top_n=args.raw_top_n, overflow=args.overflow)
@@ -57,21 +73,37 @@ def cmd_ask(args) -> int:
 
 
 def cmd_info(args) -> int:
+    docs = [(f, read_text_file(f)) for f in args.context or []]  # a bad file fails before loading
     engine = load_from_args(args)
     counts = engine.num_parameters()
     print(engine.config.to_json())
     print(f"parameters: {counts['total']:,} total, {counts['trainable']:,} trainable")
     print(f"decoder window: {engine.window_tokens} tokens; trained checkpoint: {engine.config.trained}")
-    for f in args.context or []:
-        chunks = engine.chunk(read_text_file(f))
-        tokens = sum(c.num_tokens for c in chunks)
-        soft = len(chunks) * engine.config.adapter.tokens_per_chunk
-        print(f"{f}: {tokens} encoder tokens -> {len(chunks)} chunks -> {soft} soft tokens "
-              f"(compression {tokens / max(1, soft):.1f}x)")
+    for f, text in docs:
+        print(f"{f}: {reading_plan(engine, engine.chunk(text))}")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def reading_plan(engine, chunks) -> str:
+    """What ``e2llm ask`` with this checkpoint's defaults reads of a document of these chunks."""
+    cfg = engine.config
+    tokens = sum(c.num_tokens for c in chunks)
+    head = f"{tokens} encoder tokens -> {len(chunks)} chunks"
+    try:
+        engine._check_size("?", chunks, cfg.prompt.max_new_tokens)
+    except ContextTooLongError:
+        return (f"{head}: beyond the decoder window, so e2llm ask refuses it (--overflow truncate reads only the "
+                f"chunks most similar to the question)")
+    raw = (f"the raw text of the {cfg.raw_top_n} chunks most similar to each question" if cfg.raw_top_n else "")
+    if cfg.raw_top_n and cfg.soft_prompts_max_tokens is not None and tokens > cfg.soft_prompts_max_tokens:
+        return (f"{head}; read as {raw} alone, no soft prompts (longer than soft_prompts_max_tokens="
+                f"{cfg.soft_prompts_max_tokens}; every chunk is still ranked)")
+    soft = len(chunks) * cfg.adapter.tokens_per_chunk
+    return f"{head} -> {soft} soft tokens (compression {tokens / max(1, soft):.1f}x){' + ' + raw if raw else ''}"
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """Every subcommand's parser; with ``only``, the heavy ones other than ``only`` as stubs."""
     p = argparse.ArgumentParser(prog="e2llm", description="Read whole long documents as compressed soft prompts (E2LLM).")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -91,31 +123,35 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(ask)
     ask.set_defaults(func=cmd_ask)
 
-    info = sub.add_parser("info", help="config, parameter counts and compression ratio")
-    info.add_argument("--context", nargs="*", metavar="FILE", help="documents to report the compression of")
+    info = sub.add_parser("info", help="config, parameter counts, and what ask reads of a document")
+    info.add_argument("--context", nargs="*", metavar="FILE",
+                      help="documents to report on: chunks, and soft tokens or raw text as ask would read them")
     add_model_args(info)
     info.set_defaults(func=cmd_info)
 
-    from .bench import add_bench_parser
-    from .eval.cli import add_parser as add_eval_parser
-    from .train.cli import add_parser as add_train_parser
-    from .train.validate import add_parser as add_validate_parser
-
-    add_bench_parser(sub)
-    add_train_parser(sub)
-    add_eval_parser(sub)
-    add_validate_parser(sub)
+    for name, (module, help_) in LAZY_SUBCOMMANDS.items():
+        if only is None or name == only:
+            importlib.import_module(module).add_parser(sub)
+        else:  # listed for --help and argparse's choices; never run (only the chosen one is parsed)
+            sub.add_parser(name, help=help_)
     return p
 
 
+def _subcommand(argv: list[str]) -> str | None:
+    """The subcommand argparse will pick: the first argument that is not an option (the top-level
+    parser has no option taking a value)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(only=_subcommand(argv) or "")  # "": no subcommand, so no heavy parser is needed
     args = parser.parse_args(argv)
     quiet_libraries()
     try:
         return args.func(args) or 0
     except E2LLMError as e:
-        print(f"e2llm: error: {e}", file=sys.stderr)
+        print(f"e2llm: error: {e.for_cli()}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("e2llm: interrupted", file=sys.stderr)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import get_args
 
 from .config import Quantization
-from .errors import InputError
+from .errors import ContextTooLongError, E2LLMError, InputError
 
 DTYPES = ("float32", "bfloat16", "float16")
 QUANTIZATIONS = get_args(Quantization)  # the config's choices (config.py imports no torch: --help stays quick)
@@ -41,12 +41,56 @@ def read_text_file(path: str) -> str:
 
 
 def quiet_libraries() -> None:
+    """transformers' warnings and progress bars off. Importing transformers costs about half a
+    second, so it is not imported for this: the environment says it for a later import, and
+    load_engine calls this again once the model's imports have run."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import transformers
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if "transformers" in sys.modules:
+        import transformers
 
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
     warnings.filterwarnings("ignore", module="peft")
+
+
+# The documented size limit (README "Limitations"), checked on characters before any model loads.
+# The engine's own check counts tokens after chunking (GenerationMixin._check_size): a context of
+# more chunks than the decoder window holds as soft tokens. Here no tokenizer is loaded yet, so a
+# document is refused only if it is longer than that many chunks could be at MAX_CHARS_PER_TOKEN
+# characters a token (English prose runs 4-5 on the default encoder's tokenizer, so nothing that
+# would fit is refused; what passes here and does not fit is refused by the engine).
+MAX_CHARS_PER_TOKEN = 8
+DEFAULT_DECODER_WINDOW = 8192  # SmolLM2-135M's context (the engine reads it from the model itself)
+
+
+def max_document_chars(checkpoint: str) -> int | None:
+    """The character bound for this checkpoint's decoder window, or None where it cannot be told
+    without loading the model (a decoder other than the default and no max_window_tokens)."""
+    from . import defaults
+    from .config import E2LLMConfig
+
+    path = defaults.SHIPPED_CHECKPOINT if str(checkpoint) == "default" else Path(checkpoint)
+    try:
+        cfg = E2LLMConfig.from_json((path / "config.json").read_text(), str(path))
+    except (OSError, E2LLMError):
+        return None  # loading will report it properly
+    window = cfg.decoder.max_window_tokens or (DEFAULT_DECODER_WINDOW if cfg.decoder.name_or_path == "default" else None)
+    if window is None:
+        return None
+    return window // cfg.adapter.tokens_per_chunk * cfg.chunking.tokens_per_chunk * MAX_CHARS_PER_TOKEN
+
+
+def check_document_size(names: list[str], docs: list[str], checkpoint: str) -> None:
+    limit = max_document_chars(checkpoint)
+    chars = sum(len(d) for d in docs)
+    if limit is None or chars <= limit:
+        return
+    what = names[0] if len(names) == 1 else f"the {len(names)} documents together"
+    raise ContextTooLongError(
+        f"{what} has {chars:,} characters, more than e2llm reads: the decoder window holds about 400K tokens of "
+        f"document (README \"Limitations\"), at most {limit:,} characters even at {MAX_CHARS_PER_TOKEN} a token; "
+        f"split the document, or pass --overflow truncate to read only the chunks most similar to the question")
 
 
 def add_model_args(sp, checkpoint: bool = True) -> None:
@@ -70,6 +114,7 @@ def load_engine(checkpoint: str, device: str | None = None, dtype: str = "float3
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         engine = E2LLM.from_pretrained(checkpoint, dtype=dtype, device=device, quantization=quantization)
+    quiet_libraries()  # transformers is imported now
     for w in caught:
         if "trained" in str(w.message):
             print(f"e2llm: note: {w.message}", file=sys.stderr)
