@@ -88,6 +88,87 @@ def source_name(engine: Any, checkpoint: Any) -> str:
     return f"e2llm:{checkpoint if checkpoint is not None else 'default'}"
 
 
+# ---------------------------------------------------------------- what needs no weights
+_TOKENIZERS: dict[str, Any] = {}
+
+
+def _loaded(engine: Any, checkpoint: Any):
+    """The engine given, or one already loaded for this checkpoint (on any device), else None."""
+    if engine is not None:
+        return engine
+    name = _key(checkpoint_name(checkpoint) if checkpoint is not None else "default")[0]
+    with _GUARD:
+        return next((e for k, e in _ENGINES.items() if k[0] == name), None)
+
+
+def checkpoint_config(checkpoint: Any):
+    """The checkpoint's E2LLMConfig from its config.json alone ("default": the shipped one)."""
+    from e2llm import defaults
+    from e2llm.checkpoint import read_config
+
+    name = checkpoint_name(checkpoint) if checkpoint is not None else "default"
+    return read_config(defaults.shipped_checkpoint() if str(name) == "default" else Path(name))
+
+
+def decoder_tokenizer(engine: Any, checkpoint: Any):
+    """The decoder's own tokenizer: the loaded engine's, else the tokenizer files alone (no
+    weights, offline; the default decoder is converted from its GGUF file once per machine)."""
+    loaded = _loaded(engine, checkpoint)
+    if loaded is not None:
+        return loaded.decoder_tokenizer
+    key = _key(checkpoint_name(checkpoint) if checkpoint is not None else "default")[0]
+    if key not in _TOKENIZERS:
+        from transformers import AutoTokenizer
+
+        from e2llm import defaults
+
+        cfg = checkpoint_config(checkpoint).decoder
+        tokenizer = AutoTokenizer.from_pretrained(defaults.resolve_decoder(cfg.name_or_path), trust_remote_code=cfg.trust_remote_code)
+        with _GUARD:
+            _TOKENIZERS.setdefault(key, tokenizer)
+    return _TOKENIZERS[key]
+
+
+def model_limits(engine: Any, checkpoint: Any) -> tuple[int, int]:
+    """(decoder window, default new tokens) as the engine reports them; from the config files
+    alone while no engine is loaded, so a framework asking for metadata loads no weights."""
+    loaded = _loaded(engine, checkpoint)
+    if loaded is not None:
+        return loaded.window_tokens, loaded.config.prompt.max_new_tokens
+    cfg = checkpoint_config(checkpoint)
+    window = cfg.decoder.max_window_tokens
+    if window is None:  # as E2LLM.window_tokens: the decoder's own limit
+        from transformers import AutoConfig
+
+        from e2llm import defaults
+
+        decoder = AutoConfig.from_pretrained(defaults.resolve_decoder(cfg.decoder.name_or_path),
+                                             trust_remote_code=cfg.decoder.trust_remote_code)
+        window = int(getattr(decoder, "max_position_embeddings", 2048))
+    return window, cfg.prompt.max_new_tokens
+
+
+def embed(engine: Any, texts: Sequence[str]) -> list[list[float]]:
+    """Unit vectors as hybrid reading ranks chunks against a question (engine.ranking_vectors),
+    so the retriever and the reader agree on what is relevant. The encoder reads one chunk's
+    tokens at a time (64 in the shipped checkpoint), so a longer text is the normalised mean of
+    its chunks' vectors, not its first chunk's alone."""
+    texts = list(texts)
+    if not texts:
+        return []
+    filled = [i for i, t in enumerate(texts) if t.strip()]  # chunking refuses blank text; embed it as it is
+    groups: list[list[str]] = [[t] for t in texts]
+    for i, chunks in zip(filled, engine.chunk_many([texts[i] for i in filled]) if filled else []):
+        groups[i] = [c.text for c in chunks] or [texts[i]]
+    vectors = engine.ranking_vectors([t for g in groups for t in g])
+    out, at = [], 0
+    for group in groups:
+        mean = vectors[at:at + len(group)].mean(0)
+        at += len(group)
+        out.append((mean / mean.norm().clamp_min(1e-12)).tolist())
+    return out
+
+
 # ---------------------------------------------------------------- one request
 @dataclass
 class Request:

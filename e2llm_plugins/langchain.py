@@ -1,5 +1,6 @@
-"""LangChain plugin: ``E2LLM`` (an LLM), ``ChatE2LLM`` (a chat model) and
-``create_e2llm_documents_chain`` (a drop-in for ``create_stuff_documents_chain``).
+"""LangChain plugin: ``E2LLM`` (an LLM), ``ChatE2LLM`` (a chat model),
+``create_e2llm_documents_chain`` (a drop-in for ``create_stuff_documents_chain``) and
+``E2LLMEmbeddings`` (the encoder's ranking vectors, so one model retrieves and reads).
 
 The long context reaches the model as ``documents=[Document, ...]`` or ``context=...`` call
 arguments (``llm.invoke(q, documents=docs)``, ``llm.bind(documents=docs)``), as ``text-plain``
@@ -14,13 +15,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterator, Literal, Optional, Union
 
-from ._common import (LANGCHAIN_PIP, BatchWhileBusy, athread_iter, check_source, checkpoint_name, fold_messages,
-                      generation_kwargs, get_engine, known_params, make_request, result_metadata, source_name, split_prompt,
-                      usage, usage_metadata)
+from ._common import (LANGCHAIN_PIP, BatchWhileBusy, athread_iter, check_source, checkpoint_name, decoder_tokenizer, embed,
+                      fold_messages, generation_kwargs, get_engine, known_params, make_request, result_metadata, source_name,
+                      split_prompt, usage, usage_metadata)
 
 try:
     from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
     from langchain_core.documents import Document
+    from langchain_core.embeddings import Embeddings
     from langchain_core.language_models import BaseChatModel, LangSmithParams
     from langchain_core.language_models.llms import LLM
     from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
@@ -35,9 +37,53 @@ except ImportError as e:  # pragma: no cover - exercised with the framework unin
 
 _CALL_KWARGS = {"documents", "context", "raw_top_n", "overflow", "max_tokens", "temperature", "top_p", "return_citations"}
 _IGNORED_CALL = {"model", "stream"}  # set by LangChain itself for tracing / streaming
+_NO_TOOLS = ("e2llm has no tool calling or structured output (its small decoder was not trained for either): it answers "
+             "in text from documents given as documents=/context= or text-plain blocks; parse that text instead")
 
 
-class _E2LLMParams(BaseModel):
+class _Source(BaseModel):
+    """Where the engine comes from: checkpoint= (loaded on first use, shared) or engine=."""
+
+    checkpoint: Optional[str] = None
+    device: Optional[str] = None
+    dtype: Optional[str] = None
+    quantization: Optional[str] = None
+    engine: Optional[Any] = Field(default=None, exclude=True, repr=False)
+
+    @field_validator("checkpoint", mode="before")
+    @classmethod
+    def _path_to_str(cls, value: Union[str, Path, None]) -> Optional[str]:
+        return checkpoint_name(value)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "_Source":
+        check_source(self.engine, self.checkpoint, type(self).__name__, self.device, self.dtype, self.quantization)
+        return self
+
+    @property
+    def model_name(self) -> str:
+        return source_name(self.engine, self.checkpoint)
+
+    def _engine(self):
+        return get_engine(self.engine, self.checkpoint, self.device, self.dtype, self.quantization)
+
+
+class E2LLMEmbeddings(_Source, Embeddings):
+    """Unit vectors from e2llm's encoder, the ones its hybrid reading ranks chunks with, so the
+    retriever and the reader agree (``InMemoryVectorStore(E2LLMEmbeddings(checkpoint="default"))``).
+    Built like the models (checkpoint=, device=, dtype=, quantization= or engine=) and sharing
+    their engine; a text longer than one chunk is the mean of its chunks' vectors."""
+
+    model_config = {"extra": "forbid"}
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return embed(self._engine(), texts)
+
+    def embed_query(self, text: str) -> list[float]:
+        return embed(self._engine(), [text])[0]
+
+
+class _E2LLMParams(_Source):
     """Settings shared by the LLM and the chat model.
 
     checkpoint: a folder (str or Path) or "default", loaded on first use (neither this nor
@@ -53,11 +99,6 @@ class _E2LLMParams(BaseModel):
     the metadata "citations", and set Document.metadata["citation_score"] on the Documents given.
     """
 
-    checkpoint: Optional[str] = None
-    device: Optional[str] = None
-    dtype: Optional[str] = None
-    quantization: Optional[str] = None
-    engine: Optional[Any] = Field(default=None, exclude=True, repr=False)
     max_tokens: Optional[int] = Field(default=None, ge=1)
     temperature: float = 0.0
     top_p: float = 1.0
@@ -73,22 +114,16 @@ class _E2LLMParams(BaseModel):
     def _known_params(cls, values: Any) -> Any:
         return known_params(cls.__name__, values, cls.model_fields, _E2LLMParams.model_fields)
 
-    @field_validator("checkpoint", mode="before")
-    @classmethod
-    def _path_to_str(cls, value: Union[str, Path, None]) -> Optional[str]:
-        return checkpoint_name(value)
+    def get_token_ids(self, text: str) -> list[int]:
+        """The decoder's own tokens, offline (langchain-core's fallback downloads GPT-2's
+        tokenizer and counts another model's tokens); get_num_tokens and
+        get_num_tokens_from_messages count with it. Loads the tokenizer, not the weights."""
+        if getattr(self, "custom_get_token_ids", None) is not None:
+            return self.custom_get_token_ids(text)
+        return decoder_tokenizer(self.engine, self.checkpoint).encode(text, add_special_tokens=False)
 
-    @model_validator(mode="after")
-    def _one_source(self) -> "_E2LLMParams":
-        check_source(self.engine, self.checkpoint, type(self).__name__, self.device, self.dtype, self.quantization)
-        return self
-
-    @property
-    def model_name(self) -> str:
-        return source_name(self.engine, self.checkpoint)
-
-    def _engine(self):
-        return get_engine(self.engine, self.checkpoint, self.device, self.dtype, self.quantization)
+    def with_structured_output(self, schema: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(_NO_TOOLS)
 
     def _options(self, stop: Optional[list[str]], kwargs: dict) -> dict:
         bad = set(kwargs) - _CALL_KWARGS - _IGNORED_CALL
@@ -224,6 +259,9 @@ class ChatE2LLM(_E2LLMParams, BaseChatModel):
 
     def _get_ls_params(self, stop: _Stop = None, **kwargs: Any) -> LangSmithParams:
         return self._ls("chat", stop, kwargs)
+
+    def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(_NO_TOOLS)
 
     def _prepare(self, messages: list[BaseMessage], stop: _Stop, kwargs: dict):
         question, docs = fold_messages(messages)
