@@ -322,3 +322,16 @@ def test_lazy_subcommand_stubs_match_the_real_parsers():
         sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         assert len(sub.choices[name]._actions) > 1 and all(
             len(sub.choices[other]._actions) == 1 for other in LAZY_SUBCOMMANDS if other != name)  # stubs: only -h
+
+
+def test_cache_max_mb_bounds_the_store(tiny_checkpoint, tmp_path):
+    from e2llm.cli_common import load_engine
+
+    doc = tmp_path / "doc.txt"
+    doc.write_text("Some text. " * 10)
+    bad = run("ask", "--checkpoint", tiny_checkpoint, "--context", doc, "-q", "Q?", "--cache-dir", tmp_path / "s",
+              "--cache-max-mb", "0")
+    assert_one_line_error(bad, "--cache-max-mb must be > 0")
+    engine = load_engine(str(tiny_checkpoint), cache_dir=str(tmp_path / "s"), cache_max_mb=0.5)
+    assert engine.store.max_bytes == 2**19
+    assert load_engine(str(tiny_checkpoint), cache_dir=str(tmp_path / "s")).store.max_bytes == 2**30

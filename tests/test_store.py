@@ -120,3 +120,70 @@ def test_shared_ranking_pass_encodes_each_chunk_once(make_tiny_engine):
     assert sum(calls) == n + 1  # every chunk once, and the question
     order = engine.rank_chunks("Where does the fox sleep?", engine.chunk(DOC))
     assert sorted(order) == list(range(n))
+
+
+# ---------------------------------------------------------------------------- size limit (least recently used first)
+def _row(i: int) -> torch.Tensor:
+    return torch.full((256,), float(i))  # 1 KiB of float32
+
+
+def test_the_store_stays_under_its_limit_dropping_the_least_recently_used(tmp_path):
+    store = EncodingStore(tmp_path, max_bytes=3 * 1024)
+    store.put_many("fp", [("a", _row(1)), ("b", _row(2))])
+    store.put_many("fp", [("c", _row(3))])
+    assert store.get_many("fp", ["a"])[0] is not None  # a read makes "a" the most recently used
+    store.put_many("fp", [("d", _row(4))])  # 4 KiB > 3 KiB: one row must go, the least recently used ("b")
+    got = dict(zip("abcd", store.get_many("fp", list("abcd"))))
+    assert got["b"] is None and all(torch.equal(got[k], _row(i)) for i, k in ((1, "a"), (3, "c"), (4, "d")))
+    assert store.size_bytes() <= 3 * 1024 and store.evicted == 1
+    store.put_many("fp", [(f"big{i}", _row(10 + i)) for i in range(5)])  # more than the limit in one write
+    assert store.size_bytes() <= 3 * 1024 and len(store) == 3
+
+
+def test_every_process_shares_one_use_clock(tmp_path):
+    """What another process read counts as used: the clock lives in the file, not in a process."""
+    writer, reader = EncodingStore(tmp_path, max_bytes=2 * 1024), EncodingStore(tmp_path, max_bytes=2 * 1024)
+    writer.put_many("fp", [("old", _row(1))])
+    writer.put_many("fp", [("new", _row(2))])
+    assert reader.get_many("fp", ["old"])[0] is not None  # another process reads the older row
+    writer.put_many("fp", [("newest", _row(3))])
+    assert [t is not None for t in writer.get_many("fp", ["old", "new", "newest"])] == [True, False, True]
+
+
+def test_a_store_written_before_the_limit_is_read_and_bounded(tmp_path):
+    from e2llm.store import _digest
+
+    data = _row(7).numpy().tobytes()
+    db = sqlite3.connect(tmp_path / EncodingStore.FILE)  # the schema before sizes and use ticks, one row in it
+    db.execute("CREATE TABLE encodings (fingerprint TEXT NOT NULL, key TEXT NOT NULL, dtype TEXT NOT NULL, "
+               "shape TEXT NOT NULL, data BLOB NOT NULL, digest TEXT NOT NULL, PRIMARY KEY (fingerprint, key))")
+    db.execute("INSERT INTO encodings VALUES (?, ?, ?, ?, ?, ?)",
+               ("fp", "k", "torch.float32", "[256]", data, _digest("fp", "k", "torch.float32", "[256]", data)))
+    db.commit()
+    db.close()
+    store = EncodingStore(tmp_path, max_bytes=2 * 1024)
+    assert torch.equal(store.get_many("fp", ["k"])[0], _row(7)) and store.size_bytes() == 1024
+    store.put_many("fp", [("x", _row(8))])
+    store.put_many("fp", [("y", _row(9))])
+    assert store.get_many("fp", ["k"])[0] is None and store.size_bytes() == 2 * 1024  # the old row went first
+
+
+def test_an_engine_over_a_small_store_recomputes_what_was_evicted(make_tiny_engine, tmp_path):
+    engine = make_tiny_engine(seed=1)
+    want = engine.encode(DOC).vectors
+    engine.store = EncodingStore(tmp_path)
+    engine.cache.clear()
+    engine.encode(DOC)
+    one_document = engine.store.size_bytes()
+    engine.store.max_bytes = one_document  # room for one document's encodings
+    engine.encode(DOC.replace("fox", "badger"))
+    assert engine.store.size_bytes() <= one_document and engine.store.evicted > 0
+    engine.cache.clear()
+    assert torch.allclose(engine.encode(DOC).vectors, want, atol=1e-5)
+
+
+def test_a_size_limit_below_one_byte_is_refused(tmp_path):
+    from e2llm.errors import InputError
+
+    with pytest.raises(InputError, match="at least 1 byte"):
+        EncodingStore(tmp_path, max_bytes=0)

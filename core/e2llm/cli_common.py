@@ -104,10 +104,12 @@ def add_model_args(sp, checkpoint: bool = True) -> None:
                          "(default: what the checkpoint was trained with)")
     sp.add_argument("--cache-dir", default=None, help="folder of an on-disk store of chunk encodings shared across runs "
                                                      "(keyed by content and checkpoint; default: none)")
+    sp.add_argument("--cache-max-mb", type=float, default=None, metavar="MB",
+                    help="size limit of the --cache-dir store; the least recently used encodings go first (default: 1024)")
 
 
 def load_engine(checkpoint: str, device: str | None = None, dtype: str = "float32", cache_dir: str | None = None,
-                quantization: str | None = None):
+                quantization: str | None = None, cache_max_mb: float | None = None):
     """E2LLM.from_pretrained, with the 'untrained adapter' warning turned into a note on stderr."""
     from .model import E2LLM
 
@@ -119,10 +121,14 @@ def load_engine(checkpoint: str, device: str | None = None, dtype: str = "float3
         if "trained" in str(w.message):
             print(f"e2llm: note: {w.message}", file=sys.stderr)
     if cache_dir:
-        engine.use_store(cache_dir)
+        from .store import DEFAULT_MAX_BYTES, EncodingStore
+
+        engine.store = EncodingStore(cache_dir, DEFAULT_MAX_BYTES if cache_max_mb is None else int(cache_max_mb * 2**20))
     return engine
 
 
 def load_from_args(args):
+    if getattr(args, "cache_max_mb", None) is not None and args.cache_max_mb <= 0:  # before loading
+        raise InputError(f"--cache-max-mb must be > 0, got {args.cache_max_mb:g}; leave it out for 1024")
     return load_engine(args.checkpoint, getattr(args, "device", None), args.dtype, getattr(args, "cache_dir", None),
-                       getattr(args, "quantize", None))
+                       getattr(args, "quantize", None), getattr(args, "cache_max_mb", None))

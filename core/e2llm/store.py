@@ -5,6 +5,11 @@ content key) holds a tensor as raw bytes with its dtype and shape, and a digest 
 them. A row whose digest, dtype or shape does not check out is dropped and recomputed, never
 trusted; rows made by other weights have another fingerprint and are never read. A file that
 is not a readable database is moved aside and a new one started. Nothing is unpickled.
+
+Size: the rows' data is kept under ``max_bytes`` (default 1 GiB, about 130 documents of 128K
+tokens with the default models). Every read and write stamps its rows with a tick of a clock
+kept in the file (shared by every process), and a write that takes the store past the limit
+deletes the rows used least recently first.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from torch import nn
 
 _DTYPES = {str(d): d for d in (torch.float32, torch.bfloat16, torch.float16, torch.int64)}  # int64: chunk spans
 _BATCH = 500  # keys per SELECT (SQLite's variable limit is 32766; small batches keep queries quick)
+DEFAULT_MAX_BYTES = 2**30
 
 
 def fingerprint(settings: dict, modules: dict[str, nn.Module]) -> str:
@@ -47,9 +53,14 @@ def _digest(fp: str, key: str, dtype: str, shape: str, data: bytes) -> str:
 class EncodingStore:
     FILE = "encodings.sqlite"
 
-    def __init__(self, folder: str | os.PathLike):
+    def __init__(self, folder: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES):
         from .errors import InputError
 
+        if max_bytes < 1:
+            raise InputError(f"the encoding store's size limit must be at least 1 byte, got {max_bytes}",
+                             cli=f"--cache-max-mb must be > 0, got {max_bytes / 2**20:g}")
+        self.max_bytes = max_bytes
+        self.evicted = 0  # rows this process deleted to stay under max_bytes
         self.folder = Path(folder)
         if self.folder.exists() and not self.folder.is_dir():
             raise InputError(f"the encoding store {folder} is a file; pass a folder (it is created if missing)")
@@ -79,9 +90,20 @@ class EncodingStore:
         db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")  # readers in other processes never block on a writer
         db.execute("CREATE TABLE IF NOT EXISTS encodings (fingerprint TEXT NOT NULL, key TEXT NOT NULL, dtype TEXT NOT NULL, "
-                   "shape TEXT NOT NULL, data BLOB NOT NULL, digest TEXT NOT NULL, PRIMARY KEY (fingerprint, key))")
+                   "shape TEXT NOT NULL, data BLOB NOT NULL, digest TEXT NOT NULL, nbytes INTEGER NOT NULL DEFAULT 0, "
+                   "used INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (fingerprint, key))")
+        columns = {row[1] for row in db.execute("PRAGMA table_info(encodings)")}
+        if "used" not in columns:  # a store written before the size limit: sizes from the data, all equally old
+            db.execute("ALTER TABLE encodings ADD COLUMN nbytes INTEGER NOT NULL DEFAULT 0")
+            db.execute("ALTER TABLE encodings ADD COLUMN used INTEGER NOT NULL DEFAULT 0")
+            db.execute("UPDATE encodings SET nbytes = length(data)")
+        db.execute("CREATE INDEX IF NOT EXISTS encodings_used ON encodings (used)")
         db.execute("SELECT count(*) FROM encodings LIMIT 1").fetchone()  # a corrupt file fails here
         return db
+
+    def _tick(self) -> int:
+        """The next tick of the store's use clock (inside a write transaction: one per operation)."""
+        return self._db.execute("SELECT coalesce(max(used), 0) + 1 FROM encodings").fetchone()[0]
 
     def get_many(self, fp: str, keys: Sequence[str]) -> list[torch.Tensor | None]:
         out: dict[str, torch.Tensor] = {}
@@ -105,6 +127,8 @@ class EncodingStore:
             if bad:
                 self.rejected += len(bad)
                 self._delete(fp, bad)
+            if out:
+                self._touch(fp, list(out))
         found = [out.get(k) for k in keys]
         self.hits += sum(t is not None for t in found)
         self.misses += sum(t is None for t in found)
@@ -130,17 +154,50 @@ class EncodingStore:
         except sqlite3.DatabaseError:
             pass
 
+    def _touch(self, fp: str, keys: list[str]) -> None:
+        """Rows just read become the most recently used (best effort: a busy store keeps old ticks)."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            tick = self._tick()
+            for i in range(0, len(keys), _BATCH):
+                part = keys[i:i + _BATCH]
+                self._db.execute(f"UPDATE encodings SET used = ? WHERE fingerprint = ? AND key IN ({','.join('?' * len(part))})",
+                                 [tick, fp, *part])
+            self._db.execute("COMMIT")
+        except sqlite3.DatabaseError:
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.DatabaseError:
+                pass
+
+    def _evict(self) -> None:
+        """Delete the least recently used rows until the data fits max_bytes (inside put's transaction)."""
+        total = self._db.execute("SELECT coalesce(sum(nbytes), 0) FROM encodings").fetchone()[0]
+        if total <= self.max_bytes:
+            return
+        doomed = []
+        for rowid, nbytes in self._db.execute("SELECT rowid, nbytes FROM encodings ORDER BY used, rowid"):
+            if total <= self.max_bytes:
+                break
+            doomed.append((rowid,))
+            total -= nbytes
+        self._db.executemany("DELETE FROM encodings WHERE rowid = ?", doomed)
+        self.evicted += len(doomed)
+
     def put_many(self, fp: str, items: Sequence[tuple[str, torch.Tensor]]) -> None:
         rows = []
         for key, t in items:
             t = t.detach().cpu().contiguous()
             dtype, shape = str(t.dtype), json.dumps(list(t.shape))
             data = t.view(-1).view(torch.uint8).numpy().tobytes()
-            rows.append((fp, key, dtype, shape, data, _digest(fp, key, dtype, shape, data)))
+            rows.append((fp, key, dtype, shape, data, _digest(fp, key, dtype, shape, data), len(data)))
         with self._lock:
             try:  # one transaction: a crash leaves all rows or none
                 self._db.execute("BEGIN IMMEDIATE")
-                self._db.executemany("INSERT OR REPLACE INTO encodings VALUES (?, ?, ?, ?, ?, ?)", rows)
+                tick = self._tick()
+                self._db.executemany("INSERT OR REPLACE INTO encodings (fingerprint, key, dtype, shape, data, digest, nbytes, "
+                                     "used) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [(*r, tick) for r in rows])
+                self._evict()
                 self._db.execute("COMMIT")
             except sqlite3.DatabaseError as e:
                 try:
@@ -152,6 +209,11 @@ class EncodingStore:
     def __len__(self) -> int:
         with self._lock:
             return self._db.execute("SELECT count(*) FROM encodings").fetchone()[0]
+
+    def size_bytes(self) -> int:
+        """Bytes of encoding data held (the quantity max_bytes bounds; the file adds SQLite's overhead)."""
+        with self._lock:
+            return self._db.execute("SELECT coalesce(sum(nbytes), 0) FROM encodings").fetchone()[0]
 
     def close(self) -> None:
         with self._lock:
