@@ -100,7 +100,7 @@ def test_document_too_long(tiny_checkpoint, tmp_path):
     from e2llm import ContextTooLongError, E2LLM
 
     doc = tmp_path / "doc.txt"
-    doc.write_text("A sentence that goes on. " * 6000)
+    doc.write_text("A sentence that goes on. " * 1200)
     proc = run("ask", "--checkpoint", tiny_checkpoint, "--context", doc, "-q", "Q?")
     assert_one_line_error(proc, "more than the")
     assert "--overflow truncate" in proc.stderr.decode()
@@ -117,7 +117,7 @@ def test_window_overflow_error_names_flags(tiny_checkpoint, tmp_path, monkeypatc
 
     monkeypatch.setattr(GenerationMixin, "_check_size", lambda *a, **k: None)  # reach the later check
     doc = tmp_path / "doc.txt"
-    doc.write_text("A sentence that goes on. " * 6000)
+    doc.write_text("A sentence that goes on. " * 1200)
     proc = run("ask", "--checkpoint", tiny_checkpoint, "--context", doc, "-q", "Q?", "--raw-top-n", "1")
     assert_one_line_error(proc, "fits")
     assert "--overflow truncate" in proc.stderr.decode()
@@ -166,7 +166,7 @@ def test_info_reports_what_ask_reads(tiny_checkpoint, tmp_path):
     assert "soft tokens" in short_line and "compression" in short_line and "2 chunks most similar" in short_line
     assert "alone, no soft prompts" in long_line and "soft tokens" not in long_line and "compression" not in long_line
     huge = tmp_path / "huge.txt"
-    huge.write_text("A sentence that goes on. " * 6000)
+    huge.write_text("A sentence that goes on. " * 1200)
     assert "refuses it" in run("info", "--checkpoint", hybrid, "--context", huge).stdout.decode()
 
 
