@@ -2,12 +2,14 @@
 and the same chain with e2llm (retrieved passages read as compressed soft prompts).
 
 Runs offline: the document is the Python language reference that ships with CPython
-(pydoc_data), the embeddings are the local all-MiniLM-L6-v2 (e2llm's default encoder, without
-its LoRA), the vector store is LangChain's InMemoryVectorStore, and both chains use e2llm's
-default decoder (SmolLM2-135M-Instruct). The e2llm chain reads the shipped checkpoint's way:
-every passage compressed, plus the raw text of the 3 chunks (across all passages) most similar
-to the question. Its answers come from those raw chunks: the shipped soft prompts carry almost
-none of their chunk's content (docs/results.md).
+(pydoc_data), the embeddings are E2LLMEmbeddings (e2llm's own encoder, all-MiniLM-L6-v2: the
+vectors its hybrid reading ranks chunks with, so one model retrieves and reads), the vector
+store is LangChain's InMemoryVectorStore, and both chains use e2llm's default decoder
+(SmolLM2-135M-Instruct); every plugin object built from checkpoint="default" shares one
+engine. The e2llm chain reads the shipped checkpoint's way: every passage compressed, plus the
+raw text of the 3 chunks (across all passages) most similar to the question. Its answers come
+from those raw chunks: the shipped soft prompts carry almost none of their chunk's content
+(docs/results.md).
 
     PYTHONPATH=core:. python examples/langchain_retrieval_qa.py [--k 6] [--question "..."]
 """
@@ -19,32 +21,17 @@ from operator import itemgetter
 
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.documents import Document
-from langchain_core.embeddings import Embeddings
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import PromptTemplate
 from langchain_core.runnables import RunnablePassthrough
 from langchain_core.vectorstores import InMemoryVectorStore
 from pydoc_data.topics import topics
 
-from e2llm import E2LLM as E2LLMEngine
-from e2llm_plugins.langchain import E2LLM, create_e2llm_documents_chain
+from e2llm_plugins.langchain import E2LLM, E2LLMEmbeddings, create_e2llm_documents_chain
 
 TOPICS = ["with", "for", "while", "if", "try", "function", "class", "assignment", "augassign", "import", "lambda",
           "exceptions", "break", "continue", "return", "pass", "del", "global", "nonlocal", "raise", "assert", "yield"]
 QUESTIONS = ["What does the with statement do?", "When does the else clause of a for loop run?"]
-
-
-class EngineEmbeddings(Embeddings):
-    """LangChain embeddings from the engine's encoder (unit vectors; the LoRA is switched off)."""
-
-    def __init__(self, engine):
-        self.engine = engine
-
-    def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        return self.engine.retrieval_vectors(texts).tolist()
-
-    def embed_query(self, text: str) -> list[float]:
-        return self.engine.retrieval_vectors([text])[0].tolist()
 
 
 class UsageLog(BaseCallbackHandler):
@@ -69,7 +56,8 @@ def passages(text: str, max_chars: int = 900) -> list[str]:
 
 
 def retrieval_chain(retriever, combine_docs_chain):
-    """create_retrieval_chain when langchain-classic is installed, else the same runnable."""
+    """create_retrieval_chain when langchain-classic is installed, else the same LCEL runnable
+    it builds from langchain-core alone: {"input"} -> + "context" (Documents) -> + "answer"."""
     try:
         from langchain_classic.chains import create_retrieval_chain
 
@@ -86,20 +74,19 @@ def main() -> None:
     args = parser.parse_args()
 
     start = time.perf_counter()
-    engine = E2LLMEngine.from_pretrained("default")
     document = "\n\n".join(topics[t] for t in TOPICS if t in topics)
     docs = [Document(page_content=p, metadata={"passage": i}) for i, p in enumerate(passages(document))]
-    store = InMemoryVectorStore.from_documents(docs, EngineEmbeddings(engine))
+    store = InMemoryVectorStore.from_documents(docs, E2LLMEmbeddings(checkpoint="default"))  # loads the engine
     retriever = store.as_retriever(search_kwargs={"k": args.k})
     print(f"loaded the models and indexed {len(document):,} characters as {len(docs)} passages in {time.perf_counter() - start:.1f} s")
 
     # the stuff chain: the plain decoder reads the retrieved passages as ordinary tokens
     stuff_prompt = PromptTemplate.from_template("Answer from these passages of the Python reference.\n\n{context}\n\nQuestion: {input}")
-    plain = E2LLM(engine=engine, max_tokens=args.max_tokens)  # no documents: the whole prompt is the question
+    plain = E2LLM(checkpoint="default", max_tokens=args.max_tokens)  # no documents: the whole prompt is the question
     format_docs = RunnablePassthrough.assign(context=lambda x: "\n\n".join(d.page_content for d in x["context"]))
     stuff = retrieval_chain(retriever, format_docs | stuff_prompt | plain | StrOutputParser())
     # the same chain with e2llm: each retrieved passage compressed into its own soft prompts
-    e2llm = retrieval_chain(retriever, create_e2llm_documents_chain(E2LLM(engine=engine, max_tokens=args.max_tokens)))
+    e2llm = retrieval_chain(retriever, create_e2llm_documents_chain(E2LLM(checkpoint="default", max_tokens=args.max_tokens)))
 
     for question in args.question or QUESTIONS:
         print(f"\nQ: {question}")

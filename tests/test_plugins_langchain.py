@@ -17,7 +17,7 @@ pytest.importorskip("langchain_core")
 from langchain_core.callbacks import BaseCallbackHandler  # noqa: E402
 from langchain_core.documents import Document  # noqa: E402
 from langchain_core.embeddings import DeterministicFakeEmbedding  # noqa: E402
-from langchain_core.messages import HumanMessage, SystemMessage  # noqa: E402
+from langchain_core.messages import HumanMessage, SystemMessage, get_buffer_string  # noqa: E402
 from langchain_core.output_parsers import StrOutputParser  # noqa: E402
 from langchain_core.prompts import ChatPromptTemplate, PromptTemplate  # noqa: E402
 from langchain_core.runnables import RunnablePassthrough  # noqa: E402
@@ -171,7 +171,7 @@ def test_token_counts_come_from_the_decoders_tokenizer_offline(plugin_engine, tm
     assert chat.get_num_tokens(text) == len(ids)
     messages = [SystemMessage("Be brief."), HumanMessage(text)]
     assert chat.get_num_tokens_from_messages(messages) == sum(  # langchain-core's per-message sum, in the decoder's tokens
-        len(plugin_engine.decoder_tokenizer.encode(t, add_special_tokens=False)) for t in ("System: Be brief.", f"Human: {text}"))
+        len(plugin_engine.decoder_tokenizer.encode(get_buffer_string([m]), add_special_tokens=False)) for m in messages)
     assert E2LLM(engine=plugin_engine, custom_get_token_ids=lambda t: [7] * 3).get_num_tokens(text) == 3  # the user's own wins
 
 
