@@ -102,7 +102,7 @@ def test_document_too_long(tiny_checkpoint, tmp_path):
     doc = tmp_path / "doc.txt"
     doc.write_text("A sentence that goes on. " * 1200)
     proc = run("ask", "--checkpoint", tiny_checkpoint, "--context", doc, "-q", "Q?")
-    assert_one_line_error(proc, "more than the")
+    assert_one_line_error(proc, "fits")
     assert "--overflow truncate" in proc.stderr.decode()
     assert_cli_words(proc)
     with pytest.raises(ContextTooLongError, match="overflow='truncate'"):  # the Python API speaks its own arguments

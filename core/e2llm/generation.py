@@ -267,11 +267,14 @@ class GenerationMixin:
         if room <= 0 or len(chunks) <= room:  # room <= 0: the prompt alone overflows, which _prepare reports
             return
         tokens = sum(c.num_tokens for c in chunks)
-        what = (f"the context has {tokens:,} tokens in {len(chunks):,} chunks, more than the {room:,} chunks "
-                f"(about {room * tokens // len(chunks):,} tokens) that the decoder window of {window} tokens "
-                f"holds as soft tokens beside this question; split the document")
-        raise ContextTooLongError(f"{what}, or pass overflow='truncate' to read only the chunks most similar to the question",
-                                  cli=f"{what}, or pass --overflow truncate to read only the chunks most similar to the question")
+        what = (f"the document needs {len(chunks)} chunks ({tokens} tokens) but the decoder window ({window} tokens) "
+                f"fits {room} chunks (about {room * tokens // len(chunks)} tokens) beside this question as soft tokens")
+        need = math.ceil(tokens / room)
+        raise ContextTooLongError(
+            f"{what}; split the document, use chunks of about {need} tokens (chunking.tokens_per_chunk is "
+            f"{self.config.chunking.tokens_per_chunk}), or pass overflow='truncate' to read only the chunks most similar "
+            f"to the question",
+            cli=f"{what}; split the document, or pass --overflow truncate to read only the chunks most similar to the question")
 
     # ---------------------------------------------------------------- decoding
     def _stop_token_ids(self) -> set[int]:
