@@ -238,10 +238,85 @@ def test_trainer_builds_a_4bit_decoder_on_its_device(monkeypatch, quantization, 
         raise DeviceError("stop here")
 
     monkeypatch.setattr(E2LLM, "build", classmethod(build))
+    _fake_gpus(monkeypatch, 4)
     cfg = TrainConfig.model_validate({"device": "cuda:3", "model": {"decoder": {"quantization": quantization}}})
     with pytest.raises(DeviceError, match="stop here"):
         Trainer(cfg)
-    assert calls == [{"dtype": "float32", "quantization": quantization, "device": built_on}]
+    assert calls == [{"dtype": "float32", "quantization": quantization, "device": built_on and torch.device(built_on)}]
+
+
+def _fake_gpus(monkeypatch, count, **env):
+    """A machine with `count` CUDA GPUs as far as device checks can tell; env: the launcher's variables."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    for key in ("WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "TORCHELASTIC_RUN_ID", "MASTER_ADDR"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, str(value))
+
+
+def test_launched_processes_each_take_their_local_ranks_gpu(monkeypatch):
+    """One device decision for the trainer (devices.resolve_device, per local rank): under
+    torchrun "cuda" and "auto" are the local rank's GPU, never GPU 0 for all."""
+    from e2llm.train.distributed import device_for
+
+    _fake_gpus(monkeypatch, 4)
+    assert device_for("cuda") == device_for("auto") == torch.device("cuda", 0)
+    assert device_for("cuda:3") == torch.device("cuda", 3) and device_for("cpu") == torch.device("cpu")
+    with pytest.raises(DeviceError, match="'cuda:7' does not exist"):
+        device_for("cuda:7")
+    _fake_gpus(monkeypatch, 4, WORLD_SIZE=8, LOCAL_RANK=2, LOCAL_WORLD_SIZE=4, TORCHELASTIC_RUN_ID="x")
+    assert device_for("cuda") == device_for("auto") == device_for(" CUDA ") == torch.device("cuda", 2)
+    assert device_for("cpu") == torch.device("cpu")
+    with pytest.raises(DeviceError, match=r"^device 'cuda:0' would put all 4 processes .* use device: cuda \(or auto\)"):
+        device_for("cuda:0")
+    _fake_gpus(monkeypatch, 2, WORLD_SIZE=4, LOCAL_RANK=3, LOCAL_WORLD_SIZE=4, TORCHELASTIC_RUN_ID="x")
+    with pytest.raises(DeviceError, match="4 processes were launched on this machine but only 2 GPUs are visible"):
+        device_for("cuda")
+    _fake_gpus(monkeypatch, 2, WORLD_SIZE=2, LOCAL_RANK=0, LOCAL_WORLD_SIZE=1, TORCHELASTIC_RUN_ID="x")
+    assert device_for("cuda:1") == torch.device("cuda", 1)  # one process on this machine: the GPU it names
+
+
+@pytest.mark.skipif(not NO_CUDA, reason="checks the message on a machine without CUDA")
+def test_trainer_checks_its_device_before_loading(monkeypatch, tiny_backbones, tmp_path):
+    from e2llm.train.config import TrainConfig
+    from e2llm.train.trainer import Trainer
+
+    monkeypatch.setattr(E2LLM, "build", classmethod(lambda *a, **k: pytest.fail("loaded before checking the device")))
+    cfg = TrainConfig.model_validate({"device": "cuda:1", "model": tiny_config(*tiny_backbones).model_dump(), "output_dir": str(tmp_path)})
+    with pytest.raises(DeviceError, match="^device 'cuda:1' is not available") as e:
+        Trainer(cfg)
+    assert "\n" not in str(e.value)
+
+
+def test_collectives_accept_any_index_of_the_models_device_type(monkeypatch):
+    """A model on "cuda" (whichever GPU is current) reduces tensors on "cuda:N"; comparing
+    torch.device objects would refuse them and fail the first multi-GPU step. Fake CUDA tensors
+    (FakeTensorMode) stand in for GPU ones, and the reduction itself is skipped."""
+    import torch.distributed as dist
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from e2llm.errors import TrainingError
+    from e2llm.train.distributed import Parallel
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        reduced = []
+        monkeypatch.setattr(dist, "all_reduce", lambda t, *a, **k: reduced.append(t.device))
+        with FakeTensorMode():
+            on = {name: torch.zeros(3, device=name) for name in ("cuda:0", "cuda:1")}
+        parallel = Parallel(torch.nn.Linear(2, 2), "fsdp", 1, "cuda")  # fsdp: no DDP to build around a CPU module
+        for t in on.values():
+            assert parallel.all_reduce(t) is t
+        assert reduced == [torch.device("cuda", 0), torch.device("cuda", 1)]
+        indexed = Parallel(torch.nn.Linear(2, 2), "fsdp", 1, "cuda:1")
+        indexed.all_reduce(on["cuda:1"])
+        for bad, model in ((on["cuda:0"], indexed), (torch.zeros(2), parallel)):
+            with pytest.raises(TrainingError, match="collective was handed a tensor on"):
+                model.all_reduce(bad)
+    finally:
+        dist.destroy_process_group()
 
 
 @pytest.mark.skipif(NO_CUDA or NO_BNB, reason="needs a CUDA GPU and bitsandbytes")

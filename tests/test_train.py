@@ -643,3 +643,224 @@ def test_gradient_checkpointing_option_follows_the_plain_curve(tiny_backbones, t
     ckpt.train()
     for (s1, r1, q1), (s2, r2, q2) in zip(losses(tmp_path / "plain"), losses(tmp_path / "ckpt")):
         assert s1 == s2 and r1 == pytest.approx(r2, rel=1e-4) and q1 == pytest.approx(q2, rel=1e-4)
+
+
+def _attention_modules(engine):
+    """The first layer's attention of the decoder and of the encoder."""
+    names = ("layers.0.self_attn", "layer.0.attention")
+    return [next(m for n, m in part.named_modules() if n.endswith(names)) for part in (engine.decoder, engine.encoder)]
+
+
+def test_gradient_checkpointing_recomputes_activations_in_training_steps(tiny_backbones, tmp_path):
+    """Hugging Face layers recompute only in training mode: with checkpointing each layer's
+    attention runs twice per micro-batch with gradients on (forward, then again in backward),
+    once without. In eval mode the option silently saves nothing."""
+    runs = {}
+    for ckpt in (False, True):
+        cfg = tiny_train_config(tiny_backbones, tmp_path / f"ckpt-{ckpt}", max_steps=2, gradient_checkpointing=ckpt)
+        trainer = Trainer(cfg, data=tiny_data())
+        calls = {"decoder": 0, "encoder": 0}
+        for part, module in zip(calls, _attention_modules(trainer.engine)):
+            def count(*_, part=part):
+                calls[part] += torch.is_grad_enabled()  # validation runs without gradients
+            module.register_forward_hook(count)
+        trainer.train()
+        runs[ckpt] = calls, sum(len(trainer.batches[s]) for s in range(2))
+    (plain, micro), (ckpt, micro_ckpt) = runs[False], runs[True]
+    assert micro == micro_ckpt and plain["decoder"] == micro and plain["encoder"] >= micro  # encoder: batches of chunks
+    assert ckpt == {part: 2 * n for part, n in plain.items()}
+    assert not trainer.engine.training  # left in eval mode for inference
+
+
+def _step_losses_in_eval_mode(trainer, step=0):
+    """The step's losses per objective as the eval-mode engine computes them."""
+    from e2llm.train.batches import to_device
+
+    sums = torch.zeros(4)
+    trainer.engine.eval()
+    with torch.no_grad():
+        for part in trainer.batches[step]:
+            ce, n = trainer.loss_fn(to_device(part, trainer.device))
+            recon = (part["kind"] == 0).float()
+            sums += torch.stack([(ce * recon).sum(), (n * recon).sum(), (ce * (1 - recon)).sum(), (n * (1 - recon)).sum()])
+    return float(sums[0] / sums[1]), float(sums[2] / sums[3])
+
+
+@pytest.mark.parametrize("lora_dropout, backbone_dropout, changes", [(0.0, False, False), (0.5, False, True), (0.0, True, True)],
+                         ids=["no-dropout", "lora-dropout", "backbone-dropout"])
+def test_training_steps_apply_lora_dropout_and_keep_backbone_dropout_off(tiny_backbones, tmp_path, lora_dropout, backbone_dropout,
+                                                                         changes):
+    """A training step's loss is the eval-mode loss of its batch unless dropout applies: LoRA's
+    (lora.dropout) always in training steps, the frozen backbones' own (the tiny BERT's 0.1)
+    only with backbone_dropout. LoRA B is made non-zero so LoRA's dropout changes outputs."""
+    from e2llm.testing import tiny_config
+
+    lora = {"r": 4, "alpha": 8, "dropout": lora_dropout}
+    torch.manual_seed(0)
+    engine = E2LLM.build(tiny_config(*tiny_backbones, encoder={"lora": {**lora, "target_modules": ["query", "value"]}},
+                                     decoder={"lora": {**lora, "target_modules": ["q_proj", "v_proj"]}}))
+    with torch.no_grad():
+        for name, p in engine.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.3)
+    cfg = tiny_train_config(tiny_backbones, tmp_path / "run", max_steps=1)
+    cfg.backbone_dropout = backbone_dropout
+    trainer = Trainer(cfg, engine=engine, data=tiny_data())
+    expected = _step_losses_in_eval_mode(trainer)
+    trainer.train()
+    (_, recon, reason), = losses(tmp_path / "run")
+    same = recon == pytest.approx(expected[0], rel=1e-5) and reason == pytest.approx(expected[1], rel=1e-5)
+    assert same != changes, (recon, reason, expected)
+
+
+KEPT_OUT_SCRIPT = """
+import json, sys
+import torch
+import torch.distributed as dist
+sys.path.insert(0, {tests!r})
+from test_train import tiny_data
+from e2llm.train import TrainConfig, Trainer
+from e2llm.train.distributed import full
+
+dist.init_process_group("gloo")  # joined here: each trainer uses the group and leaves it joined
+out = {{}}
+for name, cfg in json.load(open(sys.argv[1])).items():
+    trainer = Trainer(TrainConfig.model_validate(cfg), data=tiny_data())
+    decoder = [(n, p) for n, p in trainer.engine.decoder.named_parameters() if p.requires_grad]
+    before = {{n: full(p.detach()).clone() for n, p in decoder}}
+    grads, step = {{}}, trainer.opt.step
+
+    def record(*a, step=step, decoder=decoder, grads=grads, **k):  # the reduced gradients the update uses
+        grads.update({{n: None if p.grad is None else full(p.grad).clone() for n, p in decoder}})
+        return step(*a, **k)
+
+    trainer.opt.step = record
+    trainer.train()
+    out[name] = {{"grads": grads, "before": before, "after": {{n: full(p.detach()).clone() for n, p in decoder}}}}
+if dist.get_rank() == 0:
+    torch.save(out, sys.argv[2])
+dist.destroy_process_group()
+"""
+
+
+def test_reconstruction_gradients_stay_out_of_the_decoder_under_ddp_and_fsdp(tiny_backbones, tmp_path):
+    """recon_trains_decoder false, two processes: the decoder LoRA's reduced gradient in a step
+    with reconstruction and QA micro-batches is the QA part's alone (the same step with
+    reconstruction weighted 0), and a reconstruction-only step of two micro-batches leaves the
+    decoder's weights as they were. FSDP defers the first micro-batch's reduction to the last
+    one's: a gradient cleared after each backward pass would still reach the decoder."""
+    def cfg(name, parallelism, recon_weight=0.5, **objective):
+        c = tiny_train_config(tiny_backbones, tmp_path / name, max_steps=1, clip_norm=1e9, grad_accum=2)
+        c.parallelism = parallelism
+        c.objective = c.objective.model_copy(update={"recon_trains_decoder": False, "recon_weight": recon_weight, **objective})
+        return c.model_dump(mode="json")
+
+    configs = {"ddp-qa-only": cfg("a", "ddp", recon_weight=0.0)}
+    for parallelism in ("ddp", "fsdp"):
+        configs[f"{parallelism}-mixed"] = cfg(f"{parallelism}-mixed", parallelism)
+        configs[f"{parallelism}-recon"] = cfg(f"{parallelism}-recon", parallelism, reason=False)
+    script, cfg_path = tmp_path / "kept_out.py", tmp_path / "configs.json"
+    script.write_text(KEPT_OUT_SCRIPT.format(tests=str(ROOT / "tests")))
+    cfg_path.write_text(json.dumps(configs))
+    _torchrun(script, cfg_path, str(tmp_path / "out.pt"))
+    runs = torch.load(tmp_path / "out.pt")
+    reference = runs["ddp-qa-only"]["grads"]
+    assert any(g is not None and g.abs().sum() > 0 for g in reference.values())  # QA trains the decoder's LoRA B
+    for parallelism in ("ddp", "fsdp"):
+        got = runs[f"{parallelism}-mixed"]["grads"]
+        for name, g in reference.items():
+            if g is None:
+                assert got[name] is None or not got[name].any(), name
+            else:
+                torch.testing.assert_close(got[name], g, rtol=1e-4, atol=1e-7, msg=lambda m, n=name: f"{parallelism} {n}: {m}")
+        recon = runs[f"{parallelism}-recon"]
+        assert all(g is None or not g.any() for g in recon["grads"].values()), parallelism
+        assert all(torch.equal(recon["before"][n], recon["after"][n]) for n in recon["before"]), parallelism
+
+
+VALIDATE_SCRIPT = """
+import json, sys
+import torch.distributed as dist
+sys.path.insert(0, {tests!r})
+from test_train import tiny_data
+import e2llm.train.trainer as trainer_module
+from e2llm.train import TrainConfig, Trainer
+
+tokenize, tokenized = trainer_module.tokenize, []
+trainer_module.tokenize = lambda engine, samples, *a, **k: (tokenized.append([s.context for s in samples]), tokenize(engine, samples, *a, **k))[1]
+dist.init_process_group("gloo")
+for cfg in json.load(open(sys.argv[1])):
+    tokenized.clear()
+    trainer = Trainer(TrainConfig.model_validate(cfg), data=tiny_data())
+    copies = []
+    inner = "_validate" if hasattr(trainer, "_validate") else "validate"  # the part before validate() frees copies
+    validate = getattr(trainer, inner)
+    def spy(validate=validate, trainer=trainer, copies=copies):  # the copies generation made
+        out = validate()
+        copies.append(len(getattr(trainer.engine, "_inference_copies", None)._copies) if hasattr(trainer.engine, "_inference_copies") else 0)
+        return out
+    setattr(trainer, inner, spy)
+    trainer.train()
+    left = len(trainer.engine._inference_copies._copies) if hasattr(trainer.engine, "_inference_copies") else 0
+    with open(f"{{sys.argv[2]}}/{{cfg['parallelism']}}-{{dist.get_rank()}}.json", "w") as f:  # two processes' stdout interleave
+        json.dump({{"rank": dist.get_rank(), "parallelism": cfg["parallelism"], "tokenized": tokenized,
+                   "copies_during": copies, "copies_left": left, "training": trainer.engine.training}}, f)
+dist.destroy_process_group()
+"""
+
+
+def test_two_processes_share_the_tokenizing_and_validate_with_generation_checks(tiny_backbones, tmp_path):
+    """Under DDP and FSDP (two gloo processes): each process tokenizes its half of the training
+    samples (none waits for another's whole pass), validation runs with generation checks (the
+    first process generates under DDP, all do under FSDP, from the sharded decoder) and the
+    merged decoder copy generation builds is freed after."""
+    configs = []
+    for parallelism in ("ddp", "fsdp"):
+        cfg = tiny_train_config(tiny_backbones, tmp_path / parallelism, max_steps=1)
+        cfg.parallelism, cfg.num_generation_checks, cfg.data.cache_dir = parallelism, 2, "off"
+        configs.append(cfg.model_dump(mode="json"))
+    script, cfg_path = tmp_path / "validate.py", tmp_path / "configs.json"
+    script.write_text(VALIDATE_SCRIPT.format(tests=str(ROOT / "tests")))
+    cfg_path.write_text(json.dumps(configs))
+    _torchrun(script, cfg_path, str(tmp_path))
+    results = [json.loads((tmp_path / f"{p}-{rank}.json").read_text()) for p in ("ddp", "fsdp") for rank in (0, 1)]
+    assert len(results) == 4
+    for r in results:
+        half = TEXTS[:2] if r["rank"] == 0 else TEXTS[2:]
+        assert r["tokenized"][:2] == [half, half], r  # recon_train, reason_train: this process's share only
+        assert all(len(call) <= 2 for call in r["tokenized"]), r  # validation sets (2 samples) aside, nothing whole
+        generated = r["rank"] == 0 and r["parallelism"] == "ddp"  # under fsdp generation decodes on the sharded decoder
+        assert r["copies_during"] == [1 if generated else 0] and r["copies_left"] == 0 and not r["training"], r
+    for parallelism in ("ddp", "fsdp"):
+        recs = [json.loads(l) for l in (tmp_path / parallelism / "log.jsonl").read_text().splitlines()]
+        val = [r for r in recs if "val_loss_recon" in r]
+        assert len(val) == 1 and 0 <= val[0]["val_answer_contained"] <= 1 and val[0]["val_loss_reason"] > 0, recs
+
+
+def test_the_process_group_is_joined_with_the_configured_timeout(monkeypatch):
+    """process_group_timeout_s reaches init_process_group (NCCL's default, 10 minutes, is what a
+    process waiting for another's data preparation or checkpoint would otherwise get)."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    import e2llm.train.trainer as trainer_module
+    from e2llm.train.distributed import dist_info
+
+    calls = []
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, **kw: calls.append((backend, kw)))
+    for key, value in {"WORLD_SIZE": "2", "LOCAL_RANK": "0", "TORCHELASTIC_RUN_ID": "x"}.items():
+        monkeypatch.setenv(key, value)
+    assert dist_info("cpu", 42) == (0, 1)  # (init_process_group mocked: no group joined)
+    assert calls == [("gloo", {"timeout": timedelta(seconds=42)})]
+
+    class Joined(Exception):
+        pass
+
+    def joined(device, timeout_s):
+        raise Joined(device, timeout_s)
+
+    monkeypatch.setattr(trainer_module, "dist_info", joined)
+    with pytest.raises(Joined) as e:
+        Trainer(TrainConfig.model_validate({"device": "cpu", "process_group_timeout_s": 42}))
+    assert e.value.args == (torch.device("cpu"), 42)

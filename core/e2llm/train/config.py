@@ -117,6 +117,14 @@ class TrainConfig(_Strict):
     # With several processes: ddp keeps a whole engine per process; fsdp shards the decoder's
     # layers (and their LoRA and optimizer state) over the processes, for decoders too big to copy.
     parallelism: Literal["ddp", "fsdp"] = "ddp"
+    # With several processes: how long one may wait for the others at a collective (joining,
+    # preparing the data, checkpoints) before the run fails (torch's NCCL default is 600 s).
+    process_group_timeout_s: int = Field(1800, ge=1)
+    # Training steps run the engine in training mode (gradient checkpointing recomputes, LoRA
+    # dropout applies), but the frozen backbones' own dropout (e.g. BERT's 0.1) stays off
+    # unless this is true: a step is then a function of (weights, samples), so resumed and
+    # multi-process runs follow the single-process one. LoRA's dropout is model.*.lora.dropout.
+    backbone_dropout: bool = False
 
     @classmethod
     def load(cls, path: str | Path) -> "TrainConfig":

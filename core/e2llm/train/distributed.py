@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from contextlib import nullcontext
+from datetime import timedelta
 from typing import Iterable
 
 import torch
@@ -23,7 +24,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from ..errors import ConfigError, TrainingError
+from ..errors import ConfigError, DeviceError, TrainingError
 
 
 def launched() -> bool:
@@ -37,17 +38,25 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def dist_info() -> tuple[int, int]:
-    """(rank, world size); joins the process group torchrun / accelerate launch set up. On
-    GPUs each process first takes the GPU of its local rank: NCCL and every tensor this
-    process makes without naming a device then land there, not all on GPU 0."""
+def local_world() -> int:
+    """Processes the launcher started on this machine (1 when not launched)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if launched() else 1
+
+
+def dist_info(device: torch.device | str = "cpu", timeout_s: float | None = None) -> tuple[int, int]:
+    """(rank, world size); joins the process group torchrun / accelerate launch set up, with
+    NCCL when this process trains on a GPU (``device``, from :func:`device_for`) and gloo
+    otherwise. On a GPU the process first makes it its current device: NCCL and every tensor
+    made without naming a device then land there, not all on GPU 0. timeout_s: how long a
+    collective may wait for the slowest process (torch's default for NCCL is 10 minutes)."""
+    device = torch.device(device)
     if launched() and not dist.is_initialized():
-        if torch.cuda.is_available():
-            device = torch.device("cuda", local_rank() % torch.cuda.device_count())
+        timeout = {} if timeout_s is None else {"timeout": timedelta(seconds=timeout_s)}
+        if device.type == "cuda":
             torch.cuda.set_device(device)
-            dist.init_process_group("nccl", device_id=device)
+            dist.init_process_group("nccl", device_id=device, **timeout)
         else:
-            dist.init_process_group("gloo")
+            dist.init_process_group("gloo", **timeout)
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -62,11 +71,34 @@ def leave_process_group() -> None:
         dist.destroy_process_group()
 
 
-def device_for(device: str) -> str:
-    """"auto": this process's GPU (by local rank: ranks count over machines, GPUs per machine)."""
-    if device != "auto":
-        return device
-    return f"cuda:{local_rank() % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
+def device_for(device: str) -> torch.device:
+    """This process's training device, checked by ``devices.resolve_device`` (one line for a
+    device that is not there). Launched, "cuda" and "auto" mean the GPU of this process's local
+    rank (ranks count over machines, GPUs per machine); a named GPU ("cuda:1") is refused when
+    the launcher started several processes here, since it would put them all on that one GPU."""
+    from ..devices import resolve_device
+
+    name = str(device).strip().lower()
+    if name == "auto" and not torch.cuda.is_available():
+        return resolve_device("auto")  # mps or cpu
+    if name == "auto":
+        name = "cuda"
+    try:
+        parsed = torch.device(name)
+    except (RuntimeError, ValueError):
+        return resolve_device(device)  # says which names are valid
+    if parsed.type != "cuda" or not launched():
+        return resolve_device(parsed)
+    here = local_world()
+    if parsed.index is not None:
+        if here > 1:
+            raise DeviceError(f"device '{device}' would put all {here} processes launched on this machine on one GPU; "
+                              "use device: cuda (or auto), and each process takes the GPU of its local rank")
+        return resolve_device(parsed)
+    if torch.cuda.is_available() and local_rank() >= torch.cuda.device_count():
+        raise DeviceError(f"{here} processes were launched on this machine but only {torch.cuda.device_count()} GPUs are "
+                          "visible; launch at most that many (torchrun --nproc_per_node), or check CUDA_VISIBLE_DEVICES")
+    return resolve_device(f"cuda:{local_rank()}")
 
 
 def check_parallelism(parallelism: str, quantization: str) -> None:
@@ -122,7 +154,7 @@ def shard_decoder(decoder: nn.Module, world: int, device: str, compute_dtype: to
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     layers = decoder_layers(decoder)
-    mesh = init_device_mesh("cuda" if device.startswith("cuda") else "cpu", (world,))
+    mesh = init_device_mesh(torch.device(device).type, (world,))
     policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32) if compute_dtype else MixedPrecisionPolicy()
     for layer in layers:
         fully_shard(layer, mesh=mesh, mp_policy=policy)
@@ -140,7 +172,7 @@ class Parallel:
 
     def __init__(self, module: nn.Module, strategy: str, world: int, device: str, partial_graphs: bool = False):
         """partial_graphs: some micro-batches leave trained parameters out of their graph (QA
-        without the encoder's gradients). DDP must then look for them in the synchronising
+        without the encoder's gradients, reconstruction without the decoder's). DDP must then look for them in the synchronising
         backward, and average what earlier micro-batches accumulated (tested against one process)."""
         self.module, self.world, self.device = module, world, torch.device(device)
         self.grouped = dist.is_initialized()  # launched: collectives run, a world of one included
@@ -159,7 +191,7 @@ class Parallel:
         """Sum over processes, in place (nothing to do without a process group)."""
         if not self.grouped:
             return tensor
-        if tensor.device != self.device:
+        if not same_device(tensor.device, self.device):
             raise TrainingError(f"a collective was handed a tensor on {tensor.device}, but the model is on {self.device}; "
                                 "make the tensor on the model's device (NCCL reduces only GPU tensors)")
         dist.all_reduce(tensor)
@@ -198,6 +230,12 @@ class Parallel:
             for g in grads:
                 g.mul_(scale)
         return total
+
+
+def same_device(a: torch.device, b: torch.device) -> bool:
+    """Same type, and the same index where both name one: "cuda" is whichever GPU is current,
+    so a tensor on "cuda:3" is on it (comparing torch.device objects would say it is not)."""
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
 
 
 class _FsdpNoSync:

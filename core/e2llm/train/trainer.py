@@ -12,13 +12,16 @@ curve as one with the same batch.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
 import re
 import shutil
 import time
+import types
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Sequence
 
@@ -29,13 +32,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME, atomic_write_dir, refuse_nonfinite
-from ..errors import InputError, TrainingError
+from ..errors import ConfigError, InputError, TrainingError
 from ..model import E2LLM
 from ..softprompts import soft_prompt_spread, spread
 from ..splice import IGNORE_INDEX
 from .config import TrainConfig, config_differences
 from ..model import _bf16_autocast
-from .batches import StepBatches, Tokenized, cached_tokenize, collate, default_cache_dir, fits, raw_passages, to_device, tokenize  # noqa: F401
+from .batches import (StepBatches, Tokenized, _join, cache_key, cached_tokenize, collate, default_cache_dir, fits, raw_passages,  # noqa: F401
+                      to_device, tokenize)
 from .data import Sample, TrainData, build_data
 from .distributed import (Parallel, check_parallelism, decoder_layers, device_for, dist_info, full, leave_process_group, like, move_all_but,
                           shard_decoder)
@@ -84,7 +88,8 @@ class ObjectiveLoss(nn.Module):
         # most of a step's memory. Position t predicts token t + 1.
         n = batch["max_answer"]
         target = batch["labels"][:, -n:]  # (B, n)
-        logits = e.decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids,
+        # use_cache=False: a loss needs no KV cache (in eval mode transformers would build one)
+        logits = e.decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, use_cache=False,
                            logits_to_keep=n + 1).logits[:, :-1]  # (B, n, V)
         ce = F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), ignore_index=IGNORE_INDEX, reduction="none")
         return ce.view(target.shape).sum(1), (target != IGNORE_INDEX).sum(1)  # (B,), (B,)
@@ -157,6 +162,76 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def train_mode(engine: E2LLM, backbone_dropout: bool = False) -> None:
+    """The engine's mode for a training step. Training mode is what makes Hugging Face layers
+    recompute their activations under gradient checkpointing and peft apply LoRA dropout; the
+    frozen backbones' own dropout stays off unless asked for (TrainConfig.backbone_dropout), by
+    leaving in eval mode every backbone module but the layers that checkpoint (and the modules
+    that hold them) and LoRA's dropout. Dropout written as a function call in one of those
+    layers' own forward (not in a submodule) would still apply: none of the tested families has one."""
+    engine.train()
+    if backbone_dropout:
+        return
+    for part in (engine.encoder, engine.decoder):
+        names = [n for n, m in part.named_modules() if hasattr(m, "gradient_checkpointing")]
+        keep = {n[:i] for n in names for i in [0, len(n)] + [j for j, c in enumerate(n) if c == "."]}  # they and their parents
+        for name, m in part.named_modules():
+            if name not in keep and "lora_dropout" not in name.split("."):
+                m.training = False
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """The RNG seed of a step on a process (dropout draws): a resumed run draws what the
+    uninterrupted one drew, whichever step it resumes at."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{step}/{rank}".encode()).digest()[:8], "little") >> 1
+
+
+def _detached_linear(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    return F.linear(x, self.weight.detach(), None if self.bias is None else self.bias.detach())
+
+
+@contextlib.contextmanager
+def gradients_kept_out(linears: Sequence[nn.Linear]):
+    """Within: these layers compute what they always do, but from detached weights, so the
+    graph holds no path to them and the backward pass gives them no gradient (it still flows
+    through them to their inputs). Keep the backward inside too: gradient checkpointing
+    recomputes the forward there. Under DDP they are then unused parameters, and under FSDP
+    unsharded weights without a gradient: neither has anything to reduce for them, unlike a
+    gradient computed and cleared afterwards (FSDP reduces deferred micro-batches' gradients
+    together with the last one's)."""
+    for m in linears:
+        m.forward = types.MethodType(_detached_linear, m)
+    try:
+        yield
+    finally:
+        for m in linears:
+            del m.forward
+
+
+def trained_linears(module: nn.Module, what: str) -> list[nn.Linear]:
+    """The linear layers that hold ``module``'s trained parameters (its LoRA A and B)."""
+    out = []
+    for name, m in module.named_modules():
+        if any(p.requires_grad for p in m.parameters(recurse=False)):
+            if type(m) is not nn.Linear:
+                raise ConfigError(f"{what}: the trained parameters of {name} ({type(m).__name__}) are not a linear layer's, "
+                                  "so their gradient cannot be kept out; set objective.recon_trains_decoder: true")
+            out.append(m)
+    return out
+
+
+def free_inference_copies(engine: E2LLM) -> None:
+    """Drop the inference copies generation and no-gradient encoding build (a merged decoder, a
+    bf16 encoder): during training they would hold a second model's memory until the next
+    validation, and the weights they copied change every step anyway."""
+    for name in ("_inference_copies", "_encoder_copies"):
+        copies = getattr(engine, name, None)
+        if copies is not None:
+            copies.clear()
+    if engine.device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 # --------------------------------------------------------------------------- checkpoints
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
     sd = opt.state_dict()
@@ -222,9 +297,15 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, engine: E2LLM | None = None, data: TrainData | None = None):
         self.cfg = cfg
         joined_before = dist.is_initialized()
-        self.rank, self.world = dist_info()  # on GPUs: each process on its local rank's GPU from here on
-        self.owns_process_group = dist.is_initialized() and not joined_before  # joined here: train() leaves it
+        # one device decision, checked before anything loads: "cuda" / "auto" under torchrun is
+        # the local rank's GPU; NCCL joins there, gloo for CPU runs
         self.device = device_for(cfg.device)
+        self.rank, self.world = dist_info(self.device, cfg.process_group_timeout_s)
+        self.owns_process_group = dist.is_initialized() and not joined_before  # joined here: train() leaves it
+        # data preparation exchanges host objects: over gloo, not through GPU memory with NCCL
+        self._cpu_group = None
+        if self.world > 1 and dist.get_backend() != "gloo":
+            self._cpu_group = dist.new_group(backend="gloo", timeout=timedelta(seconds=cfg.process_group_timeout_s))
         torch.manual_seed(cfg.seed)
         # model.decoder.quantization holds with init_from too (like optim.backbone_dtype): it says
         # how this run stores the frozen base, and the checkpoint's LoRA tensors fit either base
@@ -259,10 +340,13 @@ class Trainer:
         data = data or build_data(cfg.data, self.engine.config.prompt.reconstruct_question)
         self._tokenize(data)
         self.run_dir = Path(cfg.output_dir)
-        self.decoder_lora = [p for n, p in self.engine.named_parameters() if p.requires_grad and n.startswith("decoder.")]
+        # recon_trains_decoder false: reconstruction micro-batches run the decoder's LoRA from
+        # detached weights (gradients_kept_out), so the decoder is no part of their graph
+        self.decoder_linears = [] if cfg.objective.recon_trains_decoder else \
+            trained_linears(self.engine.decoder, "objective.recon_trains_decoder: false")
         self.loss_fn = ObjectiveLoss(self.engine, cfg.objective.reason_trains_encoder, cfg.objective.min_spread)
         self.model = Parallel(self.loss_fn, cfg.parallelism, self.world, self.device,
-                              partial_graphs=not cfg.objective.reason_trains_encoder)
+                              partial_graphs=not (cfg.objective.reason_trains_encoder and cfg.objective.recon_trains_decoder))
         o, ob = cfg.optim, cfg.objective
         self.batches = StepBatches(self.recon_tok, self.reason_tok, o.batch_size, o.grad_accum, cfg.seed, ob.recon_weight,
                                    ob.recon_only_steps if ob.reason else None,
@@ -292,18 +376,40 @@ class Trainer:
             return [samples[i] for i in rows], (tok.select(rows) if len(rows) < len(samples) else tok)
 
         toks = {}
-        for turn in ((0,) if self.world == 1 else (0, 1)):  # the first process fills the cache, then the rest read it
-            if (self.rank == 0) == (turn == 0):
-                for name in ("recon_train", "reason_train"):
-                    toks[name], hit = cached_tokenize(self.engine, getattr(data, name), cache, write=self.rank == 0)
-                    if self.rank == 0 and cache is not None:
-                        print(f"e2llm train: {name} tokenized {'(from the cache)' if hit else '(cached for next time)'}")
-            if self.world > 1:
-                dist.barrier()
+        for name in ("recon_train", "reason_train"):
+            toks[name], hit = self._shared_tokenize(getattr(data, name), cache)
+            if self.rank == 0 and cache is not None:
+                print(f"e2llm train: {name} tokenized {'(from the cache)' if hit else '(cached for next time)'}")
         recon_train, self.recon_tok = keep(data.recon_train, "reconstruction", toks["recon_train"])
         reason_train, self.reason_tok = keep(data.reason_train, "reasoning", toks["reason_train"])
         self.data = TrainData(reason_train, keep(data.reason_val, "reasoning validation")[0],
                               recon_train, keep(data.recon_val, "reconstruction validation")[0])
+
+    def _shared_tokenize(self, samples: Sequence[Sample], cache: str | Path | None) -> tuple[Tokenized, bool]:
+        """``tokenize(samples)`` read from the cache, or made with each process tokenizing its
+        share (a contiguous slice; hybrid samples' retrieval runs the encoder) and the arrays
+        exchanged: no process waits for another's whole pass, and the first writes the cache."""
+        from safetensors.numpy import load_file, save_file
+
+        path = None if cache is None else Path(cache).expanduser() / f"{cache_key(self.engine, samples)}.safetensors"
+        hit = torch.tensor([int(path is not None and path.exists())])
+        if self.world > 1:  # all take the same branch, though the file may appear while they look
+            dist.all_reduce(hit, op=dist.ReduceOp.MIN, group=self._cpu_group)
+        if hit.item():
+            return Tokenized(**load_file(str(path))), True
+        if self.world == 1:
+            tok = tokenize(self.engine, samples)
+        else:
+            lo, hi = len(samples) * self.rank // self.world, len(samples) * (self.rank + 1) // self.world
+            shares: list = [None] * self.world
+            dist.all_gather_object(shares, tokenize(self.engine, samples[lo:hi]), group=self._cpu_group)
+            tok = _join(shares)
+        if self.rank == 0 and path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            save_file(tok.arrays(), str(tmp))
+            os.replace(tmp, path)  # atomic: a killed run leaves no half-written cache
+        return tok, False
 
     def _step_samples(self, step: int) -> list[Sample]:
         """The step's samples (all processes'), reconstruction first: what StepBatches collates."""
@@ -321,7 +427,8 @@ class Trainer:
         if ck is None:
             return 0
         state = json.loads((ck / STATE_NAME).read_text())
-        diff = config_differences(TrainConfig.model_validate(state["train_config"]), self.cfg)
+        diff = config_differences(TrainConfig.model_validate(state["train_config"]), self.cfg,
+                                  ignore=("optim.max_steps", "parallelism", "process_group_timeout_s"))
         if diff:
             raise InputError(f"cannot resume from {ck}: it was written by a different config ({', '.join(diff[:6])} differ); "
                              "use the same config or another output_dir")
@@ -338,6 +445,7 @@ class Trainer:
             with attention_without_cudnn(self.device):
                 return self._train(resume)
         finally:
+            self.engine.eval()  # as it came: inference after training needs no dropout or recomputation
             if self.owns_process_group:
                 leave_process_group()
 
@@ -351,8 +459,8 @@ class Trainer:
         if self.rank == 0:
             print(f"e2llm train: {self.data.describe()}; {sum(p.numel() for g in self.groups for p in g['params']):,} "
                   f"trainable parameters; {self.world} process(es) on {self.device}; steps {start}..{o.max_steps}")
-        # The engine stays in eval mode: backbone dropout off, so a step is a pure function of
-        # (weights, samples) and resumed or multi-process runs reproduce single-process ones.
+        # Training mode for steps (see train_mode), eval mode for validation and generation.
+        train_mode(self.engine, cfg.backbone_dropout)
         t_start = time.perf_counter()
         nonfinite_run = nonfinite_total = 0
         bar = tqdm(range(start, o.max_steps), initial=start, total=o.max_steps, desc="train", disable=self.rank != 0)
@@ -360,6 +468,7 @@ class Trainer:
         for step, parts in zip(bar, self._loader(start)):
             for g, base in zip(self.opt.param_groups, self.base_lrs):
                 g["lr"] = base * lr_at(step, cfg)
+            torch.manual_seed(step_seed(cfg.seed, step, self.rank))  # dropout (LoRA's; the backbones' if on)
             # ce recon, tokens recon, ce reason, tokens reason, spread penalty (this process), on the
             # model's device: no host sync per micro-batch, and NCCL reduces only GPU tensors
             sums = torch.zeros(5, device=self.device)
@@ -367,19 +476,21 @@ class Trainer:
                 if part is None:  # this process has no sample in this micro-batch
                     continue
                 batch = to_device(part, self.device)
-                with self.model.no_sync(skip=j < len(parts) - 1), self.autocast():
-                    ce, count = self.model(batch)
-                    loss = (ce * batch["weight"]).sum() * self.world  # DDP averages: undo the /world
-                    if self.loss_fn.spread_penalty is not None:  # a mean over micro-batches (and, by DDP, processes)
-                        loss = loss + cfg.objective.spread_weight * self.loss_fn.spread_penalty / len(parts)
-                        sums[4] += self.loss_fn.spread_penalty.detach() / len(parts)
-                loss.backward()
+                # reconstruction kept from the decoder: its LoRA is out of this micro-batch's graph
+                # (parts hold one kind when so configured); forward and backward inside
+                keep_out = gradients_kept_out(self.decoder_linears) if self.decoder_linears and not part["has_reason"] \
+                    else contextlib.nullcontext()
+                with self.model.no_sync(skip=j < len(parts) - 1), keep_out:
+                    with self.autocast():
+                        ce, count = self.model(batch)
+                        loss = (ce * batch["weight"]).sum() * self.world  # DDP averages: undo the /world
+                        if self.loss_fn.spread_penalty is not None:  # a mean over micro-batches (and, by DDP, processes)
+                            loss = loss + cfg.objective.spread_weight * self.loss_fn.spread_penalty / len(parts)
+                            sums[4] += self.loss_fn.spread_penalty.detach() / len(parts)
+                    loss.backward()
                 recon = (batch["kind"] == 0).to(ce.dtype)  # (B,)
                 ce = ce.detach()
                 sums[:4] += torch.stack([(ce * recon).sum(), (count * recon).sum(), (ce * (1 - recon)).sum(), (count * (1 - recon)).sum()])
-                if not cfg.objective.recon_trains_decoder and not part["has_reason"]:
-                    for p in self.decoder_lora:  # recon parts come first: drop what they gave the decoder
-                        p.grad = None
             params = [p for g in self.groups for p in g["params"]]
             self.model.finish_backward(params)
             grad_norm = self.model.clip_grad_norm(params, o.clip_norm)  # the same on every process
@@ -411,6 +522,7 @@ class Trainer:
                 log.write(rec)
             if (step + 1) % cfg.eval_every == 0 or step + 1 == o.max_steps:
                 log.write({"step": step + 1, **self.validate()})
+                train_mode(self.engine, cfg.backbone_dropout)  # validate() left it in eval mode
                 if self.rank == 0:
                     plot_log(self.run_dir / "log.jsonl", self.run_dir / "loss.png")
             if (step + 1) % cfg.save_every == 0 or step + 1 == o.max_steps:
@@ -434,8 +546,17 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict:
-        """Validation loss per objective and a small greedy generation check."""
+        """Validation loss per objective and a small greedy generation check, in eval mode (the
+        engine is left in it). Under DDP only the first process generates; under FSDP all do,
+        from the sharded decoder itself (a merged copy of a sharded model is not a model)."""
+        self.engine.eval()
         self.engine.cache.clear()  # weights changed since the last look
+        try:
+            return self._validate()
+        finally:
+            free_inference_copies(self.engine)
+
+    def _validate(self) -> dict:
         out = {}
         for kind, samples in (("recon", self.data.recon_val), ("reason", self.data.reason_val)):
             if samples:
@@ -447,8 +568,12 @@ class Trainer:
             out["val_recon_content"] = mean_loss(self.loss_fn, swap_contexts(self.data.recon_val)) - out["val_loss_recon"]
         checks = self.data.reason_val[: self.cfg.num_generation_checks]
         if checks and (self.rank == 0 or self.model.sharded):  # sharded: every process takes part in generating
-            answers = self.engine.generate_batch([s.prompt for s in checks], [s.context for s in checks],
-                                                 raw_texts=[s.raw_texts for s in checks], raw_top_n=0, max_new_tokens=24)
+            fast, self.engine.fast_decode = self.engine.fast_decode, self.engine.fast_decode and not self.model.sharded
+            try:
+                answers = self.engine.generate_batch([s.prompt for s in checks], [s.context for s in checks],
+                                                     raw_texts=[s.raw_texts for s in checks], raw_top_n=0, max_new_tokens=24)
+            finally:
+                self.engine.fast_decode = fast
             out["val_answer_contained"] = sum(_norm(s.answer) in _norm(a) for s, a in zip(checks, answers)) / len(checks)
         return out
 
