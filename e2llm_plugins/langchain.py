@@ -12,12 +12,11 @@ quantization, and shared) or ``engine=``; constructors load nothing.
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterator, Literal, Optional, Union
+from typing import Any, AsyncIterator, Callable, Iterator, Literal, Optional
 
-from ._common import (LANGCHAIN_PIP, BatchWhileBusy, athread_iter, check_source, checkpoint_name, decoder_tokenizer, embed,
-                      fold_messages, generation_kwargs, get_engine, known_params, make_request, result_metadata, source_name,
-                      split_prompt, usage, usage_metadata)
+from ._common import (LANGCHAIN_PIP, BatchWhileBusy, athread_iter, decoder_tokenizer, embed, fold_messages, generation_kwargs,
+                      known_params, make_request, result_metadata, source_name, split_prompt, usage, usage_metadata)
+from ._source import EngineSource
 
 try:
     from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -31,7 +30,7 @@ try:
     from langchain_core.prompts import BasePromptTemplate, PromptTemplate
     from langchain_core.runnables import Runnable, RunnableLambda
     from langchain_core.runnables.config import run_in_executor
-    from pydantic import BaseModel, Field, PrivateAttr, field_validator, model_validator
+    from pydantic import Field, PrivateAttr, model_validator
 except ImportError as e:  # pragma: no cover - exercised with the framework uninstalled
     raise ImportError(f"e2llm's LangChain plugin needs langchain-core: {LANGCHAIN_PIP}") from e
 
@@ -41,31 +40,12 @@ _NO_TOOLS = ("e2llm has no tool calling or structured output (its small decoder 
              "in text from documents given as documents=/context= or text-plain blocks; parse that text instead")
 
 
-class _Source(BaseModel):
-    """Where the engine comes from: checkpoint= (loaded on first use, shared) or engine=."""
-
-    checkpoint: Optional[str] = None
-    device: Optional[str] = None
-    dtype: Optional[str] = None
-    quantization: Optional[str] = None
-    engine: Optional[Any] = Field(default=None, exclude=True, repr=False)
-
-    @field_validator("checkpoint", mode="before")
-    @classmethod
-    def _path_to_str(cls, value: Union[str, Path, None]) -> Optional[str]:
-        return checkpoint_name(value)
-
-    @model_validator(mode="after")
-    def _one_source(self) -> "_Source":
-        check_source(self.engine, self.checkpoint, type(self).__name__, self.device, self.dtype, self.quantization)
-        return self
+class _Source(EngineSource):
+    """An engine source with the name LangChain's tracing shows."""
 
     @property
     def model_name(self) -> str:
         return source_name(self.engine, self.checkpoint)
-
-    def _engine(self):
-        return get_engine(self.engine, self.checkpoint, self.device, self.dtype, self.quantization)
 
 
 class E2LLMEmbeddings(_Source, Embeddings):

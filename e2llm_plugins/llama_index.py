@@ -21,6 +21,7 @@ from typing import Any, Callable, Generator, Literal, Optional, Sequence, Union
 
 from ._common import (LLAMA_INDEX_PIP, athread_iter, check_source, checkpoint_name, decoder_tokenizer, embed, generation_kwargs,
                       get_engine, make_request, model_limits, result_metadata, source_name, split_prompt, usage)
+from ._source import EngineSource
 
 try:
     from llama_index.core.base.embeddings.base import BaseEmbedding
@@ -28,7 +29,7 @@ try:
                                                           completion_response_to_chat_response)
     from llama_index.core.base.llms.types import (ChatMessage, ChatResponse, ChatResponseAsyncGen, CompletionResponse,
                                                   CompletionResponseAsyncGen, CompletionResponseGen, LLMMetadata)
-    from llama_index.core.bridge.pydantic import BaseModel, Field, field_validator, model_validator
+    from llama_index.core.bridge.pydantic import Field, model_validator
     from llama_index.core.indices.prompt_helper import ChatPromptHelper, PromptHelper
     from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
     from llama_index.core.llms.custom import CustomLLM
@@ -41,31 +42,7 @@ except ImportError as e:  # pragma: no cover - exercised with the framework unin
 _LLM_KWARGS = {"context", "documents", "raw_top_n", "overflow", "max_new_tokens", "temperature", "return_citations"}
 
 
-class _Source(BaseModel):
-    """Where the engine comes from: checkpoint= (loaded on first use, shared) or engine=."""
-
-    checkpoint: Optional[str] = Field(default=None, description='checkpoint folder (str or Path) or "default", loaded on first use')
-    device: Optional[str] = Field(default=None, description='"cpu", "cuda", "cuda:1" or "auto"; None: from_pretrained\'s default')
-    dtype: Optional[str] = Field(default=None, description='"float32", "bfloat16" or "float16"; None: from_pretrained\'s default')
-    quantization: Optional[str] = Field(default=None, description='the decoder\'s base weights: "none", or "4bit" (CUDA and '
-                                        'bitsandbytes); None: what the checkpoint was trained with')
-    engine: Optional[Any] = Field(default=None, exclude=True, repr=False, description="a ready e2llm.E2LLM")
-
-    @field_validator("checkpoint", mode="before")
-    @classmethod
-    def _path_to_str(cls, value: Union[str, Path, None]) -> Optional[str]:
-        return checkpoint_name(value)
-
-    @model_validator(mode="after")
-    def _one_source(self):
-        check_source(self.engine, self.checkpoint, type(self).__name__, self.device, self.dtype, self.quantization)
-        return self
-
-    def _engine(self):
-        return get_engine(self.engine, self.checkpoint, self.device, self.dtype, self.quantization)
-
-
-class E2LLMEmbedding(_Source, BaseEmbedding):
+class E2LLMEmbedding(EngineSource, BaseEmbedding):
     """Unit vectors from e2llm's encoder, the ones its hybrid reading ranks chunks with, so the
     retriever and the reader agree: ``VectorStoreIndex(nodes, embed_model=E2LLMEmbedding(checkpoint="default"))``.
     A text longer than one chunk is the mean of its chunks' vectors. Async calls run in a thread."""
@@ -101,7 +78,7 @@ class E2LLMEmbedding(_Source, BaseEmbedding):
         return await asyncio.to_thread(self._get_text_embeddings, texts)
 
 
-class E2LLMLLM(_Source, CustomLLM):
+class E2LLMLLM(EngineSource, CustomLLM):
     """The e2llm decoder as a LlamaIndex LLM. The prompt is read as ordinary tokens (what
     LlamaIndex's own synthesizers stuff into it); ``complete(q, context=...)``,
     ``complete(q, documents=[text, ...])`` (each its own chunk group) or a ``context_separator``
