@@ -16,10 +16,19 @@ Q = "Where does the fox live?"
 CASES = [
     ("llama", "bert", "cls", None, None, "mlp"),  # BGE-style: CLS-pooled
     ("qwen2", "roberta", "mean", None, None, "pma"),
-    ("mistral", "mpnet", None, ["q", "v"], None, "pma"),  # peft has no MPNet default
+    ("mistral", "mpnet", None, ["q", "v"], None, "pma"),  # named targets
     ("gemma2", "xlm-roberta", None, None, None, "mlp"),  # soft-capping, sliding window, eager attention
-    ("phi3", "bert", None, None, ["qkv_proj", "o_proj"], "pma"),  # fused qkv: peft has no default
+    ("phi3", "bert", None, None, ["qkv_proj", "o_proj"], "pma"),  # fused qkv
+    # peft has no LoRA default for Phi-3 or MPNet: every linear layer of their attention and MLP blocks
+    ("phi3", "mpnet", "mean", None, None, "pma"),
+    ("llama", "mpnet", None, ["all-linear"], ["all-linear"], "mlp"),  # peft's spelling, resolved to names
 ]
+
+# what the defaults (and "all-linear") resolve to where peft has no table
+LAYER_LINEARS = {"phi3": ["o_proj", "qkv_proj", "gate_up_proj", "down_proj"],
+                 "mpnet": ["q", "k", "v", "o", "intermediate.dense", "output.dense"],
+                 "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                 "bert": ["query", "key", "value", "output.dense", "intermediate.dense"]}
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +77,11 @@ def test_family_round_trip(folders, tmp_path, dec, enc, pooling, enc_targets, de
     engine = E2LLM.build(cfg)
     assert engine.config.encoder.pooling == (pooling or "mean")
     assert engine.config.encoder.lora.target_modules and engine.config.decoder.lora.target_modules  # resolved, recorded
+    for part, family, targets in (("encoder", enc, enc_targets), ("decoder", dec, dec_targets)):
+        if targets == ["all-linear"] or (targets is None and family in ("phi3", "mpnet")):
+            assert getattr(engine.config, part).lora.target_modules == LAYER_LINEARS[family], part
+    lora_layers = {n.rsplit(".lora_A", 1)[0] for n, _ in engine.named_parameters() if ".lora_A." in n}
+    assert lora_layers and not any(x in n for n in lora_layers for x in ("lm_head", "embed", "pooler"))
     sp = engine.encode(DOC)
     assert sp.vectors.shape == (sp.num_chunks, 1, engine.config.decoder.hidden_size) and torch.isfinite(sp.vectors).all()
     assert engine.generate(Q, sp, return_result=True).new_tokens > 0
@@ -92,13 +106,41 @@ def test_family_round_trip(folders, tmp_path, dec, enc, pooling, enc_targets, de
     assert abs(sum(c.score for c in cited.citations) - 1) < 1e-4 and any(c.kind == "raw" for c in cited.citations)
 
 
-@pytest.mark.parametrize("part, kind, family, names", [("encoder", "enc", "mpnet", "dense, k, o, q, v"), ("decoder", "dec", "phi3", "qkv_proj")])
-def test_no_peft_default_lists_linear_layers(folders, part, kind, family, names):
-    paths = {"enc": folders("enc", "bert"), "dec": folders("dec", "llama"), kind: folders(kind, family)}
-    cfg = tiny_config(paths["enc"], paths["dec"], **{part: {"lora": _lora(None)}})
-    with pytest.raises(ConfigError, match=rf"{part}.lora.target_modules is empty and peft has no default for '{family}'.*{names}") as e:
-        E2LLM.build(cfg)
-    assert "\n" not in str(e.value)
+@pytest.mark.parametrize("kind, family", [("enc", "mpnet"), ("dec", "phi3")])
+def test_without_a_peft_default_every_layer_linear_is_adapted_and_said_once(folders, caplog, monkeypatch, kind, family):
+    """Where peft has no LoRA table, LoRA adapts every linear layer of the attention and MLP
+    blocks (never the head, embeddings or pooler), said once per architecture; the same names
+    as ["all-linear"]. The names match only those layers (BERT's "dense" would take its pooler)."""
+    import logging
+
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    from e2llm import backbones
+    from e2llm.config import LoraSettings
+
+    monkeypatch.setattr(backbones, "_logged_defaults", set())
+    model = (AutoModel if kind == "enc" else AutoModelForCausalLM).from_pretrained(folders(kind, family))
+    part = "encoder" if kind == "enc" else "decoder"
+    with caplog.at_level(logging.WARNING, logger="e2llm"):
+        for _ in range(2):
+            assert backbones.lora_targets(model, LoraSettings(), part) == LAYER_LINEARS[family]
+    said = [r.getMessage() for r in caplog.records if "no LoRA default" in r.getMessage()]
+    assert len(said) == 1 and f"'{family}'" in said[0] and f"{part}.lora.target_modules" in said[0]
+    assert backbones.lora_targets(model, LoraSettings(target_modules=["all-linear"]), part) == LAYER_LINEARS[family]
+    with pytest.raises(ConfigError, match="'all-linear' means every linear layer .* give it alone"):
+        backbones.lora_targets(model, LoraSettings(target_modules=["all-linear", "q"]), part)
+
+
+def test_layer_linears_skip_the_pooler_head_and_embeddings(folders):
+    from transformers import AutoModel
+
+    from e2llm.backbones import layer_linear_targets
+
+    bert = AutoModel.from_pretrained(folders("enc", "bert"))
+    names = layer_linear_targets(bert)
+    assert names == LAYER_LINEARS["bert"] and "dense" not in names  # "dense" alone would match pooler.dense
+    matched = {n for n, _ in bert.named_modules() if any(n == t or n.endswith("." + t) for t in names)}
+    assert matched and all(".layer." in n for n in matched) and len(matched) == 2 * 6  # 2 layers x q, k, v, 2 outputs, intermediate
 
 
 def test_unknown_lora_target_names_the_choices(folders):

@@ -7,6 +7,7 @@ Errors are one line that names the setting to change (the CLI exits 2 on them).
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -134,19 +135,66 @@ def _local_file(path: str, name: str) -> Path | None:
 
 def linear_layer_names(model: nn.Module) -> list[str]:
     """Distinct last names of the model's linear layers (what LoRA can target), lm_head aside."""
-    from transformers.pytorch_utils import Conv1D  # GPT-2's linear layers
-
-    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D))}
+    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, _linear_types())}
     return sorted(names - {"lm_head"})
 
 
+ALL_LINEAR = "all-linear"  # lora.target_modules: ["all-linear"], as peft spells it
+_logged_defaults: set = set()
+
+
+def _linear_types() -> tuple:
+    from transformers.pytorch_utils import Conv1D  # GPT-2's linear layers
+
+    return nn.Linear, Conv1D
+
+
+def transformer_layers(model: nn.Module) -> list[nn.Module]:
+    """The model's stacked transformer layers: the elements of its nn.ModuleLists whose class it
+    names in _no_split_modules (any ModuleList's elements where it names none that is one)."""
+    stacked = [m for lst in model.modules() if isinstance(lst, nn.ModuleList) for m in lst]
+    named = set(getattr(model, "_no_split_modules", None) or [])
+    layers = [m for m in stacked if type(m).__name__ in named]
+    return layers or stacked
+
+
+def layer_linear_targets(model: nn.Module) -> list[str]:
+    """LoRA target names for every linear layer of the attention and MLP blocks (inside the
+    transformer layers; never the output head, embeddings or a pooler), each the shortest
+    name ending that matches those layers only: peft matches targets by name ending, and
+    BERT's "dense" would also take its pooler, so its feed-forward is "intermediate.dense"."""
+    linear_types = _linear_types()
+    inside = {id(m) for layer in transformer_layers(model) for m in layer.modules() if isinstance(m, linear_types)}
+    names = [n for n, _ in model.named_modules()]
+    wanted = {n for n, m in model.named_modules() if id(m) in inside}
+    chosen: list[str] = []
+    for name in (n for n in names if n in wanted):  # in the model's order: the first layer's q, k, v, ... first
+        parts = name.split(".")
+        for k in range(1, len(parts) + 1):
+            suffix = ".".join(parts[-k:])
+            if suffix in chosen:
+                break
+            if all(n in wanted for n in names if n == suffix or n.endswith("." + suffix)):
+                chosen.append(suffix)
+                break
+    return chosen
+
+
 def lora_targets(model: nn.Module, lora: LoraSettings, part: str) -> list[str]:
-    """The configured target names, checked against the model; empty: the architecture's default."""
+    """The configured target names, checked against the model; empty: the architecture's
+    default (peft's table, with the key and output projections beside its query and value;
+    where peft has none, every linear layer of the attention and MLP blocks, said once);
+    ["all-linear"]: every linear layer of the attention and MLP blocks, by name."""
     from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
 
     model_type = getattr(model.config, "model_type", type(model).__name__)
     linear = linear_layer_names(model)
     choose = f"its linear layers are: {', '.join(linear)}"
+    if ALL_LINEAR in lora.target_modules:
+        if len(lora.target_modules) > 1:
+            raise ConfigError(f"{part}.lora.target_modules: '{ALL_LINEAR}' means every linear layer of the attention and MLP "
+                              f"blocks; give it alone, or name layers instead ({', '.join(linear)})")
+        return _layer_linears_or_fail(model, part, model_type)
     if lora.target_modules:
         module_names = [n for n, _ in model.named_modules()]
         for target in lora.target_modules:
@@ -155,11 +203,24 @@ def lora_targets(model: nn.Module, lora: LoraSettings, part: str) -> list[str]:
         return list(lora.target_modules)
     base = PEFT_DEFAULTS.get(model_type)
     if not base:
-        raise ConfigError(f"{part}.lora.target_modules is empty and peft has no default for '{model_type}'; "
-                          f"set it to some of its linear layers ({', '.join(linear)}), or lora.r: 0 for no LoRA")
+        targets = _layer_linears_or_fail(model, part, model_type)
+        if (part, model_type) not in _logged_defaults:
+            _logged_defaults.add((part, model_type))
+            logging.getLogger("e2llm").warning(
+                "e2llm: peft has no LoRA default for '%s'; the %s's LoRA adapts every linear layer of its attention and MLP "
+                "blocks: %s (set %s.lora.target_modules to choose)", model_type, part, ", ".join(targets), part)
+        return targets
     targets = list(base)
     for name in base:
         targets += [s for s in _LORA_SIBLINGS.get(name, ()) if s in linear and s not in targets]
+    return targets
+
+
+def _layer_linears_or_fail(model: nn.Module, part: str, model_type: str) -> list[str]:
+    targets = layer_linear_targets(model)
+    if not targets:
+        raise ConfigError(f"{part}.lora.target_modules: cannot find the linear layers of this {model_type} model's attention and "
+                          f"MLP blocks; name some of its linear layers ({', '.join(linear_layer_names(model))}), or lora.r: 0 for no LoRA")
     return targets
 
 
