@@ -2,19 +2,23 @@
 
   tiny      the tiny models train a few steps on CUDA: bf16 backbones + bf16 autocast, and
             float32 backbones + bf16 autocast (float32 LoRA master weights either way)
-  ddp1      torchrun --nproc_per_node 1 with NCCL: DDP and the trainer's collectives run,
-            each audited to be handed tensors on the model's GPU
-  fsdp1     the same with parallelism fsdp: FSDP2 shards the decoder's layers (world of one)
+  ddp       torchrun with one process per visible GPU, NCCL: DDP and the trainer's
+            collectives run, each audited to be handed tensors on its process's GPU, every
+            process on another GPU; validation with generation checks at the end
+  fsdp      the same with parallelism fsdp: FSDP2 shards the decoder's layers over the GPUs
   profile   a reconstruction + QA step on the real default models: samples/s, the host's
             share, the GPU's busy share (torch.profiler kernel time) and nvidia-smi utilisation
 
-On a machine without CUDA every part runs on the CPU instead (gloo, float32), and the report
-says which parts skipped CUDA. Parts fail independently; the report records each one's error.
+On a machine without CUDA every part runs on the CPU instead (gloo, two processes, float32),
+and the report says which parts skipped CUDA. Parts fail independently; the report records
+each one's error. A part whose training loss is not finite or does not fall fails, and any
+failed part makes the exit code 1.
 
     python scripts/gpu_check.py --out build/gpu_check.json [--skip-profile]
 """
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -34,11 +38,13 @@ from test_train import tiny_data, audit_collectives
 from e2llm.train import TrainConfig, Trainer
 cfg = TrainConfig.model_validate(json.load(open(sys.argv[1])))
 trainer = Trainer(cfg, data=tiny_data())
+rank = trainer.rank
 calls = audit_collectives(torch.device(trainer.device))
 trainer.train()
 mem = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
-print("RESULT " + json.dumps({{"collectives": len(calls), "devices": sorted(set(calls)), "device": str(trainer.device),
-                              "max_memory_allocated_mb": round(mem / 2**20, 1)}}))
+with open(f"{{sys.argv[2]}}/rank-{{rank}}.json", "w") as f:  # the processes' stdout interleave
+    json.dump({{"collectives": len(calls), "devices": sorted(set(calls)), "device": str(trainer.device),
+               "max_memory_allocated_mb": round(mem / 2**20, 1)}}, f)
 """
 
 
@@ -55,6 +61,16 @@ def losses(run: Path) -> list:
     return [r.get("loss_recon") for r in recs if "loss_recon" in r]
 
 
+def finite_and_falling(curve: list) -> bool:
+    return bool(curve) and all(c is not None and math.isfinite(c) for c in curve) and curve[-1] < curve[0]
+
+
+def check_curve(what: str, curve: list) -> None:
+    """A part whose loss is not finite or does not fall fails (and so does the whole check)."""
+    if not finite_and_falling(curve):
+        raise RuntimeError(f"{what}: the reconstruction loss is not finite and falling: {curve}")
+
+
 def part_tiny(cuda: bool, tmp: Path, backbones) -> dict:
     from test_train import tiny_data
 
@@ -67,29 +83,41 @@ def part_tiny(cuda: bool, tmp: Path, backbones) -> dict:
         t0 = time.perf_counter()
         Trainer(cfg, data=tiny_data()).train()
         curve = losses(tmp / f"tiny-{dtype}")
-        ok = all(c == c for c in curve) and curve[-1] < curve[0]
-        out[f"{dtype}_backbones_autocast_{amp}"] = {"loss_recon_first": curve[0], "loss_recon_last": curve[-1],
-                                                    "finite_and_falling": ok, "s": round(time.perf_counter() - t0, 1)}
+        out[f"{dtype}_backbones_autocast_{amp}"] = {"loss_recon": curve, "finite_and_falling": finite_and_falling(curve),
+                                                    "s": round(time.perf_counter() - t0, 1)}
+    for name, result in out.items():
+        check_curve(f"tiny {name}", result["loss_recon"])
     return out
 
 
-def part_launched(tmp: Path, backbones, parallelism: str) -> dict:
+def part_launched(tmp: Path, backbones, parallelism: str, nproc: int) -> dict:
+    """torchrun with nproc processes (one per visible GPU): each on its own device, the loss
+    finite and falling, validation with generation checks at the end."""
     from test_train import _env
 
-    cfg = tiny_cfg(backbones, tmp / f"launched-{parallelism}")
-    cfg.parallelism = parallelism
-    script, cfg_path = tmp / "launched.py", tmp / f"launched-{parallelism}.json"
+    run = tmp / f"launched-{parallelism}"
+    # every process needs samples in every micro-batch: at least one per process
+    cfg = tiny_cfg(backbones, run, lr=3e-2, batch_size=max(4, nproc))
+    cfg.parallelism, cfg.num_generation_checks = parallelism, 2
+    script, cfg_path, results = tmp / "launched.py", tmp / f"launched-{parallelism}.json", tmp / f"results-{parallelism}"
+    results.mkdir()
     script.write_text(LAUNCHED.format(tests=str(ROOT / "tests")))
     cfg_path.write_text(cfg.model_dump_json())
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", str(script),
-                           str(cfg_path)], env=_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), str(script),
+                           str(cfg_path), str(results)], env=_env(), capture_output=True, text=True, timeout=300)
     if proc.returncode:
         raise RuntimeError(proc.stderr[-3000:])
-    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][0]
-    out = json.loads(line[7:])
-    out["backend"] = "nccl" if out["device"].startswith("cuda") else "gloo"
-    out["fsdp_message"] = next((l for l in proc.stdout.splitlines() if "fsdp shards" in l), None)
-    out["loss_recon"] = losses(tmp / f"launched-{parallelism}")
+    ranks = [json.loads((results / f"rank-{r}.json").read_text()) for r in range(nproc)]
+    devices = [r["device"] for r in ranks]
+    if len(set(devices)) != nproc and devices[0].startswith("cuda"):
+        raise RuntimeError(f"{nproc} processes should each train on their own GPU, but ran on {devices}")
+    recs = [json.loads(l) for l in (run / "log.jsonl").read_text().splitlines()]
+    out = {"processes": nproc, "ranks": ranks, "backend": "nccl" if devices[0].startswith("cuda") else "gloo",
+           "fsdp_message": next((l for l in proc.stdout.splitlines() if "fsdp shards" in l), None),
+           "loss_recon": losses(run), "validation": [r for r in recs if "val_loss_recon" in r]}
+    if not any("val_answer_contained" in r for r in out["validation"]):
+        raise RuntimeError(f"validation did not run its generation checks: {out['validation']}")
+    check_curve(f"{parallelism} over {nproc} processes", out["loss_recon"])
     return out
 
 
@@ -131,9 +159,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         backbones = build_tiny_backbones(tmp / "backbones")
+        nproc = torch.cuda.device_count() if cuda else 2  # every visible GPU; two gloo processes on a CPU
+        report["processes"] = nproc
         parts = {"tiny": lambda: part_tiny(cuda, tmp, backbones),
-                 "ddp1": lambda: part_launched(tmp, backbones, "ddp"),
-                 "fsdp1": lambda: part_launched(tmp, backbones, "fsdp")}
+                 "ddp": lambda: part_launched(tmp, backbones, "ddp", nproc),
+                 "fsdp": lambda: part_launched(tmp, backbones, "fsdp", nproc)}
         if not args.skip_profile:
             parts["profile"] = lambda: part_profile(cuda, args.profile_batch if cuda else 4, 5 if cuda else 2)
         for name, run in parts.items():

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The prepared accelerator check (issue 20, part 7): on a machine with one NVIDIA GPU, in well under
-# 8 minutes: the tiny models on CUDA in bf16, a world-size-1 NCCL DDP run, FSDP2 with the decoder
-# sharded, and a reconstruction + QA step's throughput on the real default models; one JSON report.
-# On a CPU it runs every part there (gloo, float32) and the report says the CUDA parts were skipped.
+# The prepared accelerator check (issue 20 part 7, issue 33 part 7): on a machine with NVIDIA GPUs,
+# in well under 8 minutes: the tiny models on CUDA in bf16, torchrun with one process per visible GPU
+# (NCCL DDP, then FSDP2 with the decoder sharded over them, validation with generation checks), and a
+# reconstruction + QA step's throughput on the real default models; one JSON report. Exit code 1 when
+# any part fails, a training loss that is not finite or does not fall included.
+# On a CPU it runs every part there (two gloo processes, float32) and the report says so.
 #
 #   bash scripts/gpu_check.sh [OUT_DIR]          # default: $OUT on the device machine, else build/
 #
