@@ -110,8 +110,8 @@ class E2LLMLLM(EngineSource, CustomLLM):
         return partial(decoder_tokenizer(self.engine, self.checkpoint).encode, add_special_tokens=False)
 
     def to_payload(self) -> dict[str, Any]:
-        """What instrumentation events carry; unlike ``metadata`` it never loads the engine, so
-        bad input is still rejected before any model loads."""
+        """What instrumentation events carry: the settings alone (it reads no file and loads
+        nothing), so bad input is still rejected before any model loads."""
         return {"class_name": self.class_name(), "model_name": source_name(self.engine, self.checkpoint),
                 "device": self.device, "dtype": self.dtype, "quantization": self.quantization,
                 "max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "raw_top_n": self.raw_top_n, "overflow": self.overflow}
