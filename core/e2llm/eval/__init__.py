@@ -1,13 +1,25 @@
 """Evaluation: synthetic long-document tasks (over held-out corpus text or a folder of the user's
 documents, or LongBench-style JSONL), the systems and their controls on one
-decoder, resumable runs, tables, plots and the quality-target check. CLI: ``e2llm eval``."""
-from .metrics import (contains_answer, exact_match, predict_choice, rouge_l, score, summarize, token_f1,
-                      wilson_interval)
-from .report import aggregate, markdown_table, quality_targets, write_report
-from .runner import Checkpoint, ResultStore, checkpoint_labels, run_eval
-from .systems import CONTROL_SYSTEMS, DEFAULT_SYSTEMS, NA_WINDOW, SYSTEMS, SystemSettings, run_system, select_rag_chunks
-from .tasks import (DEFAULT_LENGTHS, EVAL_SEED, SPLIT_SEED, TASKS, VAL_FRACTION, EvalItem, folder_documents,
-                    heldout_documents, load_dataset, synthetic_items)
+decoder, resumable runs, tables, plots and the quality-target check. CLI: ``e2llm eval``.
+
+The names below load their modules on first use (PEP 562): ``e2llm eval --help`` imports this
+package, and its modules pull in torch and e2llm.train.
+"""
+from __future__ import annotations
+
+import importlib
+
+_WHERE = {
+    "metrics": ("contains_answer", "exact_match", "predict_choice", "rouge_l", "score", "summarize", "token_f1",
+                "wilson_interval"),
+    "report": ("aggregate", "markdown_table", "quality_targets", "write_report"),
+    "runner": ("Checkpoint", "ResultStore", "checkpoint_labels", "run_eval"),
+    "systems": ("CONTROL_SYSTEMS", "DEFAULT_SYSTEMS", "NA_WINDOW", "SYSTEMS", "SystemSettings", "run_system",
+                "select_rag_chunks"),
+    "tasks": ("DEFAULT_LENGTHS", "EVAL_SEED", "SPLIT_SEED", "TASKS", "VAL_FRACTION", "EvalItem", "folder_documents",
+              "heldout_documents", "load_dataset", "synthetic_items"),
+}
+_MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}
 
 __all__ = [
     "contains_answer", "exact_match", "predict_choice", "rouge_l", "score", "summarize", "token_f1", "wilson_interval",
@@ -16,3 +28,16 @@ __all__ = [
     "EVAL_SEED", "SPLIT_SEED", "TASKS", "VAL_FRACTION", "EvalItem", "folder_documents", "heldout_documents", "load_dataset",
     "synthetic_items",
 ]
+
+
+def __getattr__(name: str):
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'e2llm.eval' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

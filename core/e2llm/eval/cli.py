@@ -20,9 +20,10 @@ from pathlib import Path
 
 from ..cli_common import add_model_args, load_engine
 from ..errors import InputError
-from .systems import CONTROL_SYSTEMS, DEFAULT_SYSTEMS, SYSTEMS, SystemSettings, hybrid_raw_top_n
-from .tasks import (DEFAULT_DEPTHS, DEFAULT_ITEMS, DEFAULT_LENGTHS, EVAL_SEED, QUICK_DEPTHS, QUICK_ITEMS,
-                    QUICK_LENGTHS, SPLIT_SEED, TASKS, KNOWN_TASKS, OPT_IN_TASKS, VAL_FRACTION, format_length, parse_length)
+# the parser needs only the grid's names; the systems and tasks (torch, e2llm.train) load in run()
+from .grid import (CONTROL_SYSTEMS, DEFAULT_DEPTHS, DEFAULT_ITEMS, DEFAULT_LENGTHS, DEFAULT_SYSTEMS, EVAL_SEED,
+                   KNOWN_TASKS, OPT_IN_TASKS, QUICK_DEPTHS, QUICK_ITEMS, QUICK_LENGTHS, SYSTEMS, TASKS, format_length,
+                   parse_length)
 
 QUICK_DATA_ITEMS = 5
 
@@ -105,8 +106,9 @@ def _load_engines(paths: list[str], device: str | None, dtype: str, quantization
 def run(args) -> int:
     from .report import markdown_table, aggregate, write_report
     from .runner import run_eval
-    from .tasks import (calibrate_tokens_per_word, folder_documents, heldout_documents, load_dataset, rebucket,
-                        synthetic_items)
+    from .systems import SystemSettings, hybrid_raw_top_n
+    from .tasks import (SPLIT_SEED, VAL_FRACTION, calibrate_tokens_per_word, folder_documents, heldout_documents,
+                        load_dataset, rebucket, synthetic_items)
 
     out, systems = _check_args(args)
     lengths = [parse_length(v) for v in args.lengths] if args.lengths else list(QUICK_LENGTHS if args.quick else DEFAULT_LENGTHS)

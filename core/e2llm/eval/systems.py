@@ -45,11 +45,8 @@ from ..lora_switch import decoder_lora
 from ..meters import PeakMemory
 from ..prompts import PromptLayout
 from ..softprompts import SoftPrompts
+from .grid import CONTROL_SYSTEMS, DEFAULT_SYSTEMS, SYSTEMS  # noqa: F401  (public names of this module too)
 
-DEFAULT_SYSTEMS = ("e2llm", "e2llm_hybrid", "rag", "rag_hybrid_budget", "full", "none")
-CONTROL_SYSTEMS = ("e2llm_raw", "e2llm_swapped", "rag_top_n")  # asked for by name (--systems)
-SYSTEMS = ("e2llm", "e2llm_hybrid", "e2llm_raw", "e2llm_swapped", "rag", "rag_top_n", "rag_hybrid_budget", "full",
-           "none")
 RAG_SYSTEMS = frozenset({"rag", "rag_hybrid_budget"})
 E2LLM_SYSTEMS = frozenset({"e2llm", "e2llm_hybrid", "e2llm_raw", "e2llm_swapped"})  # the engine as is (LoRA on)
 PLAIN_TEXT_SYSTEMS = RAG_SYSTEMS | {"rag_top_n", "full", "none"}  # decoder LoRA per baseline_lora
