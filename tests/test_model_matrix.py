@@ -6,7 +6,8 @@ import torch
 
 from e2llm import E2LLM, ConfigError
 from e2llm.citations import answer_attention
-from e2llm.testing import build_tiny_decoder, build_tiny_encoder, eager_attentions, tiny_config
+from e2llm.testing import (DECODER_FAMILIES, build_tiny_decoder, build_tiny_encoder, eager_attentions, tiny_config,
+                           tiny_decoder_tokenizer)
 
 DOC = ("The red fox lives in the northern forest. It hunts at night.\n" * 6) + "The blue whale sings in the deep sea. " * 6
 Q = "Where does the fox live?"
@@ -22,6 +23,8 @@ CASES = [
     # peft has no LoRA default for Phi-3 or MPNet: every linear layer of their attention and MLP blocks
     ("phi3", "mpnet", "mean", None, None, "pma"),
     ("llama", "mpnet", None, ["all-linear"], ["all-linear"], "mlp"),  # peft's spelling, resolved to names
+    ("gpt2", "mpnet", None, None, None, "pma"),  # Conv1D layers, learned positions
+    ("gemma", "xlm-roberta", None, None, None, "mlp"),  # a scaled embedding
 ]
 
 # what the defaults (and "all-linear") resolve to where peft has no table
@@ -39,10 +42,32 @@ def folders(tmp_path_factory):
         key = (kind, family, pooling)
         if key not in built:
             where = root / f"{kind}-{family}-{pooling}"
-            built[key] = build_tiny_encoder(where, family, pooling=pooling) if kind == "enc" else build_tiny_decoder(where, family)
+            built[key] = build_tiny_encoder(where, family, pooling=pooling) if kind == "enc" else \
+                build_tiny_decoder(where, family) if family in DECODER_FAMILIES else _build_decoder(where, family)
         return built[key]
 
     return get
+
+
+def _build_decoder(folder, family, hidden=32):
+    """The decoder families e2llm.testing does not build (GPT-2, Gemma), the same way: 2 random
+    layers, the tiny byte-level tokenizer, a wide init so answers depend on the input."""
+    from transformers import AutoModelForCausalLM, GemmaConfig, GPT2Config
+
+    torch.manual_seed(0)
+    tok = tiny_decoder_tokenizer()
+    ids = dict(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+               tie_word_embeddings=True, initializer_range=0.3)
+    if family == "gpt2":
+        config = GPT2Config(vocab_size=len(tok), n_embd=hidden, n_layer=2, n_head=4, n_positions=1024, **ids)
+    else:
+        config = GemmaConfig(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                             head_dim=hidden // 4, intermediate_size=2 * hidden, max_position_embeddings=1024, **ids)
+    model = AutoModelForCausalLM.from_config(config)
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
 
 
 def _lora(targets):
