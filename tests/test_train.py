@@ -864,3 +864,24 @@ def test_the_process_group_is_joined_with_the_configured_timeout(monkeypatch):
     with pytest.raises(Joined) as e:
         Trainer(TrainConfig.model_validate({"device": "cpu", "process_group_timeout_s": 42}))
     assert e.value.args == (torch.device("cpu"), 42)
+
+
+def test_reconstruction_kept_from_the_decoder_under_gradient_checkpointing(tiny_backbones, tmp_path):
+    """The decoder LoRA's weights are detached for reconstruction micro-batches during their
+    backward pass too, where checkpointed layers run their forward again."""
+    cfg = tiny_train_config(tiny_backbones, tmp_path / "run", max_steps=2, gradient_checkpointing=True)
+    cfg.objective = cfg.objective.model_copy(update={"recon_trains_decoder": False, "reason": False})
+    trainer = Trainer(cfg, data=tiny_data())
+    with torch.no_grad():  # a non-zero LoRA B, so LoRA A would get a gradient too if the decoder were in the graph
+        for name, p in trainer.engine.decoder.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.2)
+    decoder = {n: p for n, p in trainer.engine.decoder.named_parameters() if p.requires_grad}
+    before = {n: p.detach().clone() for n, p in decoder.items()}
+    grads = []
+    for p in decoder.values():
+        p.register_hook(lambda g: grads.append(g))
+    trainer.train()
+    assert not grads and all(torch.equal(before[n], p) for n, p in decoder.items())
+    assert trainer.engine.decoder.base_model.model.model.layers[0].self_attn.q_proj.lora_A.default.forward.__func__ \
+        is torch.nn.Linear.forward  # the layers' own forward back after the step
