@@ -23,6 +23,8 @@ _ST_POOLING = (("pooling_mode_cls_token", "cls"), ("pooling_mode_mean_tokens", "
                ("pooling_mode_mean_sqrt_len_tokens", "mean"), ("pooling_mode_max_tokens", "max"),
                ("pooling_mode_lasttoken", "last"))
 
+ENCODER_IS_DECODER = "decoder"  # encoder.name_or_path that reuses the decoder's backbone
+
 # peft's defaults adapt only the query and value projections; E2LLM also adapts the key (and,
 # where the names say so, the output) projection, as its reference recipe did for BERT and Llama
 _LORA_SIBLINGS = {"q_proj": ("k_proj", "o_proj"), "query": ("key",), "query_proj": ("key_proj",),
@@ -55,13 +57,21 @@ def quantized_load_kwargs(quantization: str, device: torch.device | None) -> dic
     return {"quantization_config": bnb_4bit_config(), "device_map": {"": str(device)}}
 
 
-def load_backbone(part: str, cfg: EncoderConfig | DecoderConfig, dtype: torch.dtype, device: torch.device | None = None):
+def load_backbone(part: str, cfg: EncoderConfig | DecoderConfig, dtype: torch.dtype, device: torch.device | None = None,
+                  decoder: DecoderConfig | None = None):
     """(model, fast tokenizer, resolved folder or hub id) for part "encoder" or "decoder".
-    device: where a quantized decoder loads (unquantized ones load on the CPU and are moved)."""
+    device: where a quantized decoder loads (unquantized ones load on the CPU and are moved).
+    decoder: the decoder's config, for an encoder named "decoder" (the decoder's backbone, without
+    its LM head, as a second copy: ICAE's encoder)."""
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     name = cfg.name_or_path
-    path = defaults.resolve_encoder(name) if part == "encoder" else defaults.resolve_decoder(name)
+    if part == "encoder" and name == ENCODER_IS_DECODER:
+        if decoder is None:
+            raise ConfigError("encoder.name_or_path: decoder needs the decoder's config to find its files")
+        name, path = decoder.name_or_path, defaults.resolve_decoder(decoder.name_or_path)
+    else:
+        path = defaults.resolve_encoder(name) if part == "encoder" else defaults.resolve_decoder(name)
     cls = AutoModel if part == "encoder" else AutoModelForCausalLM
     quantization = getattr(cfg, "quantization", "none")  # the decoder's setting; encoders stay unquantized
     kwargs = dict(dtype=dtype, trust_remote_code=cfg.trust_remote_code, **quantized_load_kwargs(quantization, device))
@@ -84,6 +94,8 @@ def load_backbone(part: str, cfg: EncoderConfig | DecoderConfig, dtype: torch.dt
                                  "or a hub id on a machine that can reach the hub") from None
     if not getattr(tok, "is_fast", False):
         raise ModelNotFoundError(f"the {part} '{name}' has no fast tokenizer; chunk offsets need one")
+    if tok.pad_token_id is None:  # decoder tokenizers often have none; batches of chunks need one
+        tok.pad_token = tok.eos_token
     if quantization != "none":
         model = prepare_quantized(model)
     return model, tok, str(path)

@@ -33,6 +33,9 @@ Quantization = Literal["none", "4bit"]
 
 
 class EncoderConfig(_Strict):
+    # "decoder": the decoder's own backbone (its files, its tokenizer) reads the chunks, with its
+    # own LoRA, as ICAE does: no second model to install, and soft prompts made in the space the
+    # decoder reads. Loaded as a second copy of the decoder's weights.
     name_or_path: str = "default"
     # How a chunk's token states become one vector (the MLP adapter and the hybrid ranker).
     # None: what the encoder folder's sentence-transformers 1_Pooling/config.json says (CLS for
@@ -66,6 +69,18 @@ class AdapterConfig(_Strict):
     ffn_mult: int = Field(2, ge=1, le=8)
     mlp_hidden_size: int = Field(1024, ge=8)
     output_rms: Optional[float] = Field(None, gt=0, description="RMS of the decoder's token embeddings; filled at build")
+    span: Literal["chunk", "local"] = Field("chunk", description="local: soft token j pools only the j-th of k equal "
+                                            "parts of its chunk (pma only); chunk: every soft token pools the whole chunk")
+    anchor: Literal["none", "mean_embedding"] = Field(
+        "none", description="mean_embedding: each soft token starts as the mean of the decoder's own embeddings of its "
+        "part of the chunk (pma only; the encoder must share the decoder's vocabulary: encoder.name_or_path: decoder)")
+
+    @model_validator(mode="after")
+    def _options_need_pma(self) -> "AdapterConfig":
+        for key, value, off in (("span", self.span, "chunk"), ("anchor", self.anchor, "none")):
+            if value != off and self.kind != "pma":
+                raise ValueError(f"adapter.{key}: {value} needs adapter.kind: pma (got {self.kind}); use pma or {key}: {off}")
+        return self
 
 
 class ChunkingConfig(_Strict):
@@ -87,6 +102,7 @@ class PromptConfig(_Strict):
     # {document} is where the soft prompts go; {question} is the user's question.
     user: str = "Document: {document}\n\nQuestion: {question}"
     reconstruct_question: str = "Repeat the document word for word."
+    continue_question: str = "Continue the document from where it stops."  # the continuation objective's
     raw_passages_header: str = "Passages quoted from the document:"
     max_new_tokens: int = Field(64, ge=1)
 

@@ -18,14 +18,14 @@ import torch
 from torch import nn
 
 from . import defaults
-from .adapter import build_adapter, mean_pool
+from .adapter import build_adapter, mean_pool, span_means
 from .backbones import load_backbone, sentence_transformers_pooling, with_lora
 from .cache import TensorCache, content_key
 from .checkpoint import check_tensors, read_config, read_tensors, save_checkpoint
 from .chunking import Chunk, chunk_texts
 from .config import E2LLMConfig, PromptConfig, validate_config
 from .devices import DTYPES, check_attn_implementation, check_quantization, resolve_device, resolve_dtype
-from .errors import CheckpointError, E2LLMError, InputError, check_documents
+from .errors import CheckpointError, ConfigError, E2LLMError, InputError, check_documents
 from .generation import GenerationMixin
 from .softprompts import SoftPrompts
 from .prompts import PromptLayout
@@ -48,6 +48,12 @@ def _spans_fit(spans: torch.Tensor, text: str) -> bool:
     start, end, tokens = spans.cpu().unbind(1)
     return bool((start >= 0).all() and (end > start).all() and (end <= len(text)).all() and (tokens > 0).all()
                 and (start[1:] >= start[:-1]).all())
+
+
+def encoder_max_tokens(config: E2LLMConfig) -> int:
+    """The encoder's truncation length for a chunk: its token budget plus room for the special
+    tokens a tokenizer adds around it ([CLS] [SEP] for BERT; a decoder's tokenizer adds none or a BOS)."""
+    return config.chunking.tokens_per_chunk + 2
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -118,8 +124,11 @@ class E2LLM(GenerationMixin, nn.Module):
         quantization = config.decoder.quantization if quantization is None else quantization
         check_quantization(quantization, target)
         config.decoder.quantization = quantization
-        enc, enc_tok, enc_path = load_backbone("encoder", config.encoder, torch_dtype)
+        enc, enc_tok, enc_path = load_backbone("encoder", config.encoder, torch_dtype, decoder=config.decoder)
         dec, dec_tok, _ = load_backbone("decoder", config.decoder, torch_dtype, target)
+        if config.adapter.anchor != "none" and enc_tok.get_vocab() != dec_tok.get_vocab():
+            raise ConfigError(f"adapter.anchor: {config.adapter.anchor} reads the decoder's embeddings of the encoder's "
+                              "tokens, but the encoder has its own vocabulary; set encoder.name_or_path: decoder, or anchor: none")
         enc_dim, dec_dim = enc.config.hidden_size, dec.get_input_embeddings().weight.shape[1]
         for part, want, got in (("encoder", config.encoder.hidden_size, enc_dim), ("decoder", config.decoder.hidden_size, dec_dim)):
             if want is not None and want != got:
@@ -298,12 +307,14 @@ class E2LLM(GenerationMixin, nn.Module):
     encoder_copy: bool = True
     store = None  # an EncodingStore (see use_store): encodings shared across processes
 
-    def use_store(self, path) -> None:
+    def use_store(self, path, max_bytes: int | None = None) -> None:
         """Keep chunk encodings (and ranking vectors) on disk under ``path`` too, keyed by content
-        and by the weights that made them; None stops using one."""
+        and by the weights that made them; None stops using one. max_bytes: the store's size
+        limit (least recently used entries go first; None: the store's default, 1 GiB)."""
         from .store import EncodingStore
 
-        self.store = None if path is None else EncodingStore(path)
+        kwargs = {} if max_bytes is None else {"max_bytes": max_bytes}
+        self.store = None if path is None else EncodingStore(path, **kwargs)
 
     def _encoding_fingerprint(self) -> str:
         """Identifies everything an encoding depends on (weights, settings); recomputed when they change."""
@@ -352,11 +363,10 @@ class E2LLM(GenerationMixin, nn.Module):
     def _encode_pass(self, texts: Sequence[str]) -> None:
         """One encoder pass (LoRA on) over texts: their soft prompts, and with ranking_pass
         "shared" their ranking vectors from the same states, into the caches."""
-        dtype = next(self.adapter.parameters()).dtype
         shared = self.ranking_pass == "shared"
 
-        def outputs(states, mask):  # soft prompts, and ranking vectors from the same states
-            soft_ = self.adapter(states.to(dtype), mask)
+        def outputs(states, mask, ids):  # soft prompts, and ranking vectors from the same states
+            soft_ = self.adapt(states, mask, ids)
             return (soft_, self._pool(states, mask)) if shared else (soft_,)
 
         with self.lock:
@@ -380,12 +390,12 @@ class E2LLM(GenerationMixin, nn.Module):
         return torch.stack(found)
 
     def _encoder_batches(self, texts: Sequence[str], grad: bool = True):
-        """Yield ((n,) positions in texts, (n, L, De) token states, (n, L) mask) in bounded batches
+        """Yield ((n,) positions in texts, (n, L, De) token states, (n, L) mask, (n, L) ids) in bounded batches
         (flat memory) of texts sorted by token count, so a batch pads little (chunks cut back to a
         sentence vary in length; 10-12% of a batch in document order was padding on the bench documents).
         :meth:`_encoded` puts the per-batch results back in the order of texts.
         grad=False runs the encoder without gradients even where the caller records them."""
-        bs, max_len = self.config.encoder.chunks_per_batch, self.config.chunking.tokens_per_chunk + 2  # + [CLS] [SEP]
+        bs, max_len = self.config.encoder.chunks_per_batch, encoder_max_tokens(self.config)
         grad = grad and torch.is_grad_enabled()
         encoder, precision = self.encoder, contextlib.nullcontext()
         # Without gradients the encoder may run in bf16 (see autocast_encoder); training stays exact.
@@ -396,21 +406,21 @@ class E2LLM(GenerationMixin, nn.Module):
             else:
                 precision = _bf16_autocast(self.device, next(self.encoder.parameters()).dtype)
         tok = self.encoder_tokenizer
-        ids = tok(list(texts), truncation=True, max_length=max_len)["input_ids"]
-        for rows in length_sorted_batches([len(x) for x in ids], bs):
-            batch = tok.pad({"input_ids": [ids[i] for i in rows]}, return_tensors="pt")  # (n, L), the tokenizer's padding side
-            mask = batch["attention_mask"].to(self.device)
+        all_ids = tok(list(texts), truncation=True, max_length=max_len)["input_ids"]
+        for rows in length_sorted_batches([len(x) for x in all_ids], bs):
+            batch = tok.pad({"input_ids": [all_ids[i] for i in rows]}, return_tensors="pt")  # (n, L), the tokenizer's padding side
+            mask, ids = batch["attention_mask"].to(self.device), batch["input_ids"].to(self.device)
             with precision, torch.set_grad_enabled(grad):
-                states = encoder(input_ids=batch["input_ids"].to(self.device), attention_mask=mask).last_hidden_state
-            yield torch.tensor(rows, device=self.device), states, mask
+                states = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+            yield torch.tensor(rows, device=self.device), states, mask, ids
 
     def _encoded(self, texts: Sequence[str], fn, grad: bool = True) -> tuple[torch.Tensor, ...]:
-        """fn((n, L, De) states, (n, L) mask) -> a tuple of (n, ...) tensors, over every batch of
-        _encoder_batches; each result comes back (N, ...) in the order of texts."""
+        """fn((n, L, De) states, (n, L) mask, (n, L) ids) -> a tuple of (n, ...) tensors, over every
+        batch of _encoder_batches; each result comes back (N, ...) in the order of texts."""
         rows, outs = [], []
-        for batch_rows, states, mask in self._encoder_batches(texts, grad):
+        for batch_rows, states, mask, ids in self._encoder_batches(texts, grad):
             rows.append(batch_rows)
-            outs.append(fn(states, mask))
+            outs.append(fn(states, mask, ids))
         back = torch.cat(rows).argsort()  # sorted position -> text position
         return tuple(torch.cat(parts)[back] for parts in zip(*outs))
 
@@ -437,9 +447,19 @@ class E2LLM(GenerationMixin, nn.Module):
         encoder_grad=False runs the encoder without gradients (the adapter keeps them), and so
         in bf16 autocast as at inference: the encoder's backward pass is most of the cost of a
         long context."""
-        dtype = next(self.adapter.parameters()).dtype
-        with self.lock:  # the adapter may train in float32 over bfloat16 backbones
-            return self._encoded(texts, lambda states, mask: (self.adapter(states.to(dtype), mask),), encoder_grad)[0]
+        with self.lock:
+            return self._encoded(texts, lambda states, mask, ids: (self.adapt(states, mask, ids),), encoder_grad)[0]
+
+    def adapt(self, states: torch.Tensor, mask: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """(n, L, De) encoder states, (n, L) mask and encoder ids -> (n, k, Dd) soft prompts: the
+        adapter, with its anchor (the decoder's mean embedding of each part) where configured."""
+        dtype = next(self.adapter.parameters()).dtype  # the adapter may train in float32 over bf16 backbones
+        anchor = None
+        if self.config.adapter.anchor == "mean_embedding":
+            with torch.no_grad():  # the decoder's embedding table is frozen
+                embeds = self._decoder_base.get_input_embeddings()(ids).to(dtype)  # (n, L, Dd)
+                anchor = span_means(embeds, mask, self.config.adapter.tokens_per_chunk, self.config.adapter.output_rms)
+        return self.adapter(states.to(dtype), mask, anchor)
 
     @torch.no_grad()
     def retrieval_vectors(self, texts: Sequence[str]) -> torch.Tensor:
@@ -449,7 +469,7 @@ class E2LLM(GenerationMixin, nn.Module):
         if missing:
             off = self.encoder.disable_adapter() if hasattr(self.encoder, "disable_adapter") else contextlib.nullcontext()
             with self.lock, off:
-                fresh = self._encoded([texts[i] for i in missing], lambda states, mask: (self._pool(states, mask),))[0]
+                fresh = self._encoded([texts[i] for i in missing], lambda states, mask, ids: (self._pool(states, mask),))[0]
             for i, t in zip(missing, self._remember("retr", [texts[i] for i in missing], fresh)):
                 found[i] = t
         return torch.stack(found)

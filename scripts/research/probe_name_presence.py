@@ -78,7 +78,7 @@ def linear_map(x_fit: torch.Tensor, y_fit: torch.Tensor, lam: float = 1.0):
 
 def pooled_states(engine, texts) -> torch.Tensor:
     """(n, De) mean of the encoder's token states with its LoRA on: what the adapter reads."""
-    return engine._encoded(texts, lambda states, mask: (mean_pool(states, mask).float(),))[0]
+    return engine._encoded(texts, lambda states, mask, ids: (mean_pool(states, mask).float(),))[0]
 
 
 def main() -> None:
