@@ -25,6 +25,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..model import encoder_max_tokens
 from ..splice import IGNORE_INDEX, Soft
 from .data import Sample, sample_indices
 
@@ -82,7 +83,7 @@ def raw_passages(engine, s: Sample, chunks) -> list[str]:
 def tokenize(engine, samples: Sequence[Sample], with_context: bool = True, batch: int = 256) -> Tokenized:
     """Chunk, retrieve (hybrid), template and tokenize samples, in batched tokenizer calls."""
     k = engine.config.adapter.tokens_per_chunk
-    max_len = engine.config.chunking.tokens_per_chunk + 2  # + [CLS] [SEP], as the engine encodes
+    max_len = encoder_max_tokens(engine.config)  # as the engine encodes
     kind, dec, answers, chunk_counts, enc = [], [], [], [], []
     prompt_ids: dict = {}  # reconstruction samples all share one prompt: template it once
     for i in range(0, len(samples), batch):
@@ -217,8 +218,13 @@ class StepBatches(torch.utils.data.Dataset):
 
     def __init__(self, recon: Tokenized, reason: Tokenized, batch_size: int, grad_accum: int, seed: int,
                  recon_weight: float, reason_from_step: int | None, separate_kinds: bool, rank: int, world: int,
-                 enc_pad_id: int, dec_pad_id: int, enc_pad_left: bool = False):
+                 enc_pad_id: int, dec_pad_id: int, enc_pad_left: bool = False, curriculum_steps: int = 0):
         self.recon, self.reason = recon, reason
+        self.curriculum_steps = curriculum_steps
+        # reconstruction rows by chunk count, for the curriculum (short windows first)
+        counts = np.diff(recon.sample_chunks) if len(recon) else np.zeros(0, np.int64)
+        self.recon_by_chunks = np.argsort(counts, kind="stable")
+        self.recon_chunks_sorted = counts[self.recon_by_chunks]
         self.batch_size, self.grad_accum, self.seed = batch_size, grad_accum, seed
         self.recon_weight, self.reason_from_step, self.separate_kinds = recon_weight, reason_from_step, separate_kinds
         self.rank, self.world = rank, world
@@ -229,10 +235,30 @@ class StepBatches(torch.utils.data.Dataset):
 
     def step_rows(self, step: int) -> list[tuple[int, int]]:
         """(kind, row) of the step's samples: reconstruction first, then QA."""
-        out = [(0, i) for i in sample_indices(len(self.recon), step, self.batch_size, self.seed, "recon")]
+        out = [(0, i) for i in self.recon_rows(step)]
         if self.reason_from_step is not None and step >= self.reason_from_step:
             out += [(1, i) for i in sample_indices(len(self.reason), step, self.batch_size, self.seed, "reason")]
         return out
+
+    def recon_chunk_limit(self, step: int) -> int | None:
+        """The most chunks a reconstruction window of this step may have (None: no limit)."""
+        if not self.curriculum_steps or not len(self.recon) or step >= self.curriculum_steps:
+            return None
+        most = int(self.recon_chunks_sorted[-1])
+        return 1 + int((most - 1) * step / self.curriculum_steps)
+
+    def recon_rows(self, step: int) -> list[int]:
+        """The step's reconstruction rows: any row, or under the curriculum rows of at most
+        recon_chunk_limit(step) chunks (drawn from their own seeded permutations: still a pure
+        function of (seed, step))."""
+        limit = self.recon_chunk_limit(step)
+        if limit is None:
+            return sample_indices(len(self.recon), step, self.batch_size, self.seed, "recon")
+        # rows of up to `limit` chunks (at least the shortest ones, if none is that short)
+        eligible = max(int(np.searchsorted(self.recon_chunks_sorted, limit, side="right")),
+                       int(np.searchsorted(self.recon_chunks_sorted, self.recon_chunks_sorted[0], side="right")))
+        picks = sample_indices(eligible, step, self.batch_size, self.seed, f"recon<={limit}")
+        return [int(self.recon_by_chunks[i]) for i in picks]
 
     def micro_batches(self, rows: list[tuple[int, int]]) -> list[list[int]]:
         """Positions into ``rows`` per micro-batch, each of similar length (padding to the

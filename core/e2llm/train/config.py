@@ -38,6 +38,15 @@ class DataConfig(_Strict):
     train_jsonl: list[str] = Field(default_factory=list, description="reasoning samples {context, prompt, answer}")
     val_jsonl: list[str] = Field(default_factory=list)
     recon_paths: list[str] = Field(default_factory=list, description="folders of .txt/.md, or JSONL with 'text'")
+    # Windows drawn from recon_paths: this many per document (a tenth of the documents is held
+    # out for validation), from recon_words[0] to recon_words[1] words (five sizes in between).
+    recon_windows_per_doc: float = Field(4.0, gt=0)
+    recon_words: tuple[int, int] = (40, 40)
+    # This share of the recon_paths windows becomes continuation samples (ICAE's): the soft
+    # prompts of a window, the instruction prompt.continue_question, and the next window's text
+    # as the target. They train with the reconstruction samples (same weight and gradients).
+    continuation_fraction: float = Field(0.0, ge=0, le=1)
+    recon_val_windows: Optional[int] = Field(None, ge=1, description="held-out windows (None: 2 per held-out document)")
     builtin: Optional[BuiltinData] = Field(default_factory=BuiltinData)
     on_error: Literal["raise", "skip"] = "skip"
     # Samples are chunked and tokenized once and kept here, keyed by the data, both tokenizers
@@ -80,6 +89,10 @@ class OptimConfig(_Strict):
 class ObjectiveConfig(_Strict):
     recon_weight: float = Field(0.5, ge=0, description="lambda in lambda * L_recon + L_reason")
     recon_only_steps: int = Field(0, ge=0, description="first steps train reconstruction alone")
+    # REFRAG's curriculum: reconstruction (and continuation) windows of one chunk first, then
+    # longer ones: at step s a window of up to 1 + (most - 1) * s / curriculum_steps chunks is
+    # drawn (0: any window from the start).
+    curriculum_steps: int = Field(0, ge=0)
     reason: bool = True
     # False: only the QA loss tunes the decoder's LoRA. Reconstruction then cannot teach the
     # decoder the corpus's prior (which lowers the loss without the soft prompts and leaves them

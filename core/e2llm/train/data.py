@@ -16,7 +16,7 @@ from typing import Any, Iterable, Sequence
 from ..errors import InputError
 from .config import SPLIT_SEED, VAL_FRACTION, DataConfig
 from .corpus import DataError, iter_text_files, load_corpus, report_data_error, split_documents
-from .synth import make_qa_samples, make_reconstruction_texts, read_jsonl, sample_problem
+from .synth import make_continuation_pairs, make_qa_samples, make_reconstruction_texts, read_jsonl, sample_problem
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,27 @@ class TrainData:
                 f"reconstruction {len(self.recon_train)} train / {len(self.recon_val)} val")
 
 
-def build_data(cfg: DataConfig, recon_prompt: str) -> TrainData:
+def _window_sizes(words: tuple[int, int]) -> list[int]:
+    lo, hi = words
+    return sorted({round(lo + (hi - lo) * j / 4) for j in range(5)})  # a spread of window sizes
+
+
+def _path_windows(cfg: DataConfig, docs, recon_prompt: str, continue_prompt: str, per_doc: float, seed: int) -> list[Sample]:
+    """Reconstruction (and continuation) samples from documents: windows of each size in
+    cfg.recon_words, in equal numbers."""
+    sizes = _window_sizes(cfg.recon_words)
+    total = max(1, round(per_doc * len(docs)))
+    n_cont = round(total * cfg.continuation_fraction)
+    out = []
+    for i, words in enumerate(sizes):
+        out += recon_samples(make_reconstruction_texts(docs, -(-(total - n_cont) // len(sizes)), seed + i, words), recon_prompt)
+        if n_cont:
+            pairs = make_continuation_pairs(docs, -(-n_cont // len(sizes)), seed + i, words)
+            out += [Sample("recon", a, continue_prompt, b.strip()) for a, b in pairs]
+    return out
+
+
+def build_data(cfg: DataConfig, recon_prompt: str, continue_prompt: str = "Continue the document from where it stops.") -> TrainData:
     rt, rv, ct, cv = [], [], [], []
     for path in cfg.train_jsonl:
         rt += load_reason(path, cfg.on_error)
@@ -88,8 +108,12 @@ def build_data(cfg: DataConfig, recon_prompt: str) -> TrainData:
     if cfg.recon_paths:
         docs = list(iter_text_files(cfg.recon_paths, cfg.on_error))
         tr, va = split_documents(docs, SPLIT_SEED, VAL_FRACTION)
-        ct += recon_samples(make_reconstruction_texts(tr, 4 * len(tr), 0, 40), recon_prompt) if tr else []
-        cv += recon_samples(make_reconstruction_texts(va, 2 * len(va), 1, 40), recon_prompt) if va else []
+        # (the defaults, 4 windows of 40 words a document and no continuation, draw the same
+        # windows as before these options existed)
+        ct += _path_windows(cfg, tr, recon_prompt, continue_prompt, cfg.recon_windows_per_doc, 0) if tr else []
+        # validation: reconstruction only (what the trainer's content figure measures), one size
+        n_val = cfg.recon_val_windows or 2 * len(va)
+        cv += recon_samples(make_reconstruction_texts(va, n_val, 1, 40), recon_prompt) if va else []
     b = cfg.builtin
     if b is not None:
         train_docs, val_docs = split_documents(load_corpus(), SPLIT_SEED, VAL_FRACTION)

@@ -505,6 +505,25 @@ def make_reconstruction_texts(docs: Sequence[Document], num_texts: int, seed: in
     about equally likely to be seen; documents shorter than a window are used only when
     no document is long enough.
     """
+    return [text[a:b] for text, a, b in _windows(docs, num_texts, f"reconstruction:{seed}", words)]
+
+
+def make_continuation_pairs(docs: Sequence[Document], num_pairs: int, seed: int, words: int) -> list[tuple[str, str]]:
+    """(window, what follows it) pairs of about ``words`` words each, drawn as reconstruction
+    windows are, for the continuation objective (ICAE's: from a span's soft prompts, predict the
+    next span's text). Pairs whose document ends right after the window are left out."""
+    pairs = []
+    for text, a, b in _windows(docs, num_pairs, f"continuation:{seed}", 2 * words):
+        first = _truncate_words(text, words, a)
+        end = a + len(first)
+        rest = _truncate_words(text, words, end).strip()
+        if first.strip() and rest:
+            pairs.append((first, rest))
+    return pairs
+
+
+def _windows(docs: Sequence[Document], num_texts: int, seed: str, words: int) -> list[tuple[str, int, int]]:
+    """(document text, start, end) of ``num_texts`` windows of about ``words`` words."""
     if words < 1 or num_texts < 0:
         raise ValueError("words must be >= 1 and num_texts >= 0")
     sized = [(doc, doc.num_words) for doc in docs]
@@ -512,8 +531,8 @@ def make_reconstruction_texts(docs: Sequence[Document], num_texts: int, seed: in
     if not eligible:
         raise ValueError("no non-empty documents to draw reconstruction texts from")
     cum_weights = list(accumulate(n for _, n in eligible))
-    rng = random.Random(f"reconstruction:{seed}")
-    texts = []
+    rng = random.Random(seed)
+    out = []
     for _ in range(num_texts):
         doc, doc_words = rng.choices(eligible, cum_weights=cum_weights)[0]
         text = doc.text
@@ -525,8 +544,10 @@ def make_reconstruction_texts(docs: Sequence[Document], num_texts: int, seed: in
         else:
             while 0 < start and not text[start - 1].isspace():
                 start -= 1
-        texts.append(_truncate_words(text, words, start))
-    return texts
+        window = _truncate_words(text, words, start)
+        first = text.find(window, start) if window else start
+        out.append((text, first, first + len(window)))
+    return out
 
 
 # -------------------------------------------------------------------------------- JSONL

@@ -41,6 +41,7 @@ from ..model import _bf16_autocast
 from .batches import (StepBatches, Tokenized, _join, cache_key, cached_tokenize, collate, default_cache_dir, fits, raw_passages,  # noqa: F401
                       to_device, tokenize)
 from .data import Sample, TrainData, build_data
+from .throughput import StepMeter
 from .distributed import (Parallel, check_parallelism, decoder_layers, device_for, dist_info, full, leave_process_group, like, move_all_but,
                           shard_decoder)
 
@@ -102,13 +103,12 @@ def encode_ids(engine: E2LLM, ids: torch.Tensor, mask: torch.Tensor, grad: bool 
     grad = grad and torch.is_grad_enabled()
     fast = engine.autocast_encoder and not grad
     precision = _bf16_autocast(engine.device, next(engine.encoder.parameters()).dtype) if fast else contextlib.nullcontext()
-    dtype = next(engine.adapter.parameters()).dtype
     outs = []
     with engine.lock:
         for i in range(0, len(ids), bs):
             with precision, torch.set_grad_enabled(grad):
                 states = engine.encoder(input_ids=ids[i:i + bs], attention_mask=mask[i:i + bs]).last_hidden_state
-            outs.append(engine.adapter(states.to(dtype), mask[i:i + bs]))
+            outs.append(engine.adapt(states, mask[i:i + bs], ids[i:i + bs]))
     return torch.cat(outs)
 
 
@@ -337,7 +337,8 @@ class Trainer:
         if cfg.optim.batch_size // cfg.optim.grad_accum < self.world:
             raise InputError(f"optim.batch_size / grad_accum ({cfg.optim.batch_size} / {cfg.optim.grad_accum}) must be at least "
                              f"the number of processes ({self.world}) so every process gets samples")
-        data = data or build_data(cfg.data, self.engine.config.prompt.reconstruct_question)
+        prompt = self.engine.config.prompt
+        data = data or build_data(cfg.data, prompt.reconstruct_question, prompt.continue_question)
         self._tokenize(data)
         self.run_dir = Path(cfg.output_dir)
         # recon_trains_decoder false: reconstruction micro-batches run the decoder's LoRA from
@@ -351,7 +352,7 @@ class Trainer:
         self.batches = StepBatches(self.recon_tok, self.reason_tok, o.batch_size, o.grad_accum, cfg.seed, ob.recon_weight,
                                    ob.recon_only_steps if ob.reason else None,
                                    not (ob.recon_trains_decoder and ob.reason_trains_encoder),  # kinds in separate micro-batches
-                                   self.rank, self.world, *pad_ids(self.engine))
+                                   self.rank, self.world, *pad_ids(self.engine), curriculum_steps=ob.curriculum_steps)
         self.opt = torch.optim.AdamW([dict(g, lr=(o.adapter_lr or o.lr) if g["name"] == "adapter" else o.lr) for g in self.groups],
                                      lr=o.lr, weight_decay=o.weight_decay)
         self.base_lrs = [g["lr"] for g in self.opt.param_groups]
@@ -459,6 +460,10 @@ class Trainer:
         if self.rank == 0:
             print(f"e2llm train: {self.data.describe()}; {sum(p.numel() for g in self.groups for p in g['params']):,} "
                   f"trainable parameters; {self.world} process(es) on {self.device}; steps {start}..{o.max_steps}")
+        bf16 = self.autocast is not contextlib.nullcontext or o.backbone_dtype == "bfloat16"  # the products' dtype
+        meter = StepMeter(self.engine, self.batches, start, self.world, torch.bfloat16 if bf16 else torch.float32)
+        if self.rank == 0:
+            print(f"e2llm train: {meter.describe()}")
         # Training mode for steps (see train_mode), eval mode for validation and generation.
         train_mode(self.engine, cfg.backbone_dropout)
         t_start = time.perf_counter()
@@ -508,7 +513,8 @@ class Trainer:
             sums = self.model.all_reduce(sums).cpu()
             tok_s = float(sums[1] + sums[3]) / (time.perf_counter() - t0)
             rec = {"step": step + 1, "lr": self.opt.param_groups[0]["lr"], "grad_norm": float(grad_norm), "tokens_per_s": round(tok_s, 1),
-                   "elapsed_s": round(time.perf_counter() - t_start, 2)}  # since this process began training
+                   "elapsed_s": round(time.perf_counter() - t_start, 2),  # since this process began training
+                   **meter.step(parts, float(sums[1] + sums[3]), time.perf_counter() - t0)}
             if sums[1]:
                 rec["loss_recon"] = float(sums[0] / sums[1])
             if sums[3]:

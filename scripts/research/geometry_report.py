@@ -1,0 +1,56 @@
+"""Issue 32's comparison: held-out content (loss with another chunk's soft prompt minus with its
+own, the trainer's val_recon_content) against target tokens trained, one line per run, and the
+same rows as a markdown table. Runs are the trainer's output folders (log.jsonl in each).
+
+    python scripts/research/geometry_report.py docs/geometry-content.png runs/i32-base runs/i32-local16 ...
+"""
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def curve(run: Path) -> list[dict]:
+    """Each evaluation with the tokens trained up to its step (the nearest step record before it)."""
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
+    tokens, elapsed, out = {}, {}, []
+    for r in rows:
+        if "train_tokens" in r:
+            tokens[r["step"]], elapsed[r["step"]] = r["train_tokens"], r.get("elapsed_s")
+    for r in rows:
+        if "val_recon_content" in r:
+            before = max((s for s in tokens if s <= r["step"]), default=None)
+            out.append({**r, "train_tokens": tokens.get(before), "elapsed_s": elapsed.get(before)})
+    return out
+
+
+def main() -> int:
+    png, runs = Path(sys.argv[1]), [Path(a) for a in sys.argv[2:]]
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    print("| run | step | target tokens trained | held-out recon loss | content (nats/token) | spread |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for run in runs:
+        points = curve(run)
+        for p in points:
+            print(f"| {run.name} | {p['step']} | {p['train_tokens'] or 0:,} | {p['val_loss_recon']:.3f} | "
+                  f"{p['val_recon_content']:.3f} | {p.get('val_soft_prompt_spread', float('nan')):.3f} |")
+        if points:
+            ax.plot([p["train_tokens"] or 0 for p in points], [p["val_recon_content"] for p in points], "o-", label=run.name)
+    ax.set_xlabel("target tokens trained (reconstruction + continuation)")
+    ax.set_ylabel("content on held-out windows, nats/token")
+    ax.set_title("Soft prompts' own-chunk content vs tokens trained (CPU)", fontsize=10)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    print(f"wrote {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
