@@ -597,3 +597,26 @@ def test_plot_k_script_pools_lengths_per_k(tmp_path):
     assert png.stat().st_size > 0
     bad = subprocess.run([sys.executable, str(script), str(png), str(tmp_path / "nope")], capture_output=True, text=True)
     assert bad.returncode == 1 and "not an e2llm eval results file" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_soft_prompts_min_tokens_reads_short_documents_raw(tiny_engine):
+    """A document of at most config.soft_prompts_min_tokens context tokens is read hybrid's raw
+    chunks alone (issue 32: on short documents soft prompts cost answers); one token longer reads
+    them; compressed-only reading keeps them at any length."""
+    from e2llm.config import E2LLMConfig
+
+    cfg = E2LLMConfig(soft_prompts_min_tokens=100, soft_prompts_max_tokens=1000)
+    assert [cfg.soft_prompts_skipped(n) for n in (1, 100, 101, 1000, 1001)] == [True, True, False, False, True]
+    item = _item(words=400)
+    context_tokens = sum(c.num_tokens for c in tiny_engine.chunk(item.context))
+    try:
+        tiny_engine.config.soft_prompts_min_tokens = context_tokens
+        short = tiny_engine.generate(item.question, item.context, raw_top_n=2, max_new_tokens=3, return_result=True)
+        compressed = tiny_engine.generate(item.question, item.context, raw_top_n=0, max_new_tokens=3, return_result=True)
+        tiny_engine.config.soft_prompts_min_tokens = context_tokens - 1
+        longer = tiny_engine.generate(item.question, item.context, raw_top_n=2, max_new_tokens=3, return_result=True)
+    finally:
+        tiny_engine.config.soft_prompts_min_tokens = None
+    assert short.raw_only and short.soft_tokens == 0 and len(short.raw_chunks) == 2
+    assert compressed.soft_tokens > 0 and not compressed.raw_only
+    assert not longer.raw_only and longer.soft_tokens > 0

@@ -61,10 +61,11 @@ def cmd_ask(args) -> int:
         result = engine.generate(args.question, context, return_result=True, **kwargs)
         print(result.text)
     if args.verbose:
-        if result.raw_only:  # beyond soft_prompts_max_tokens the ranker reads everything, the decoder the top chunks
+        if result.raw_only:  # outside the soft-prompt lengths the ranker reads everything, the decoder the top chunks
+            cfg = engine.config
             how = (f"{result.context_tokens} document tokens ranked, the {len(result.raw_chunks)} most similar chunks "
-                   f"read as text in {result.prompt_tokens} prompt tokens (no soft prompts beyond "
-                   f"soft_prompts_max_tokens={engine.config.soft_prompts_max_tokens})")
+                   f"read as text in {result.prompt_tokens} prompt tokens (soft prompts are read only between "
+                   f"soft_prompts_min_tokens={cfg.soft_prompts_min_tokens} and soft_prompts_max_tokens={cfg.soft_prompts_max_tokens})")
         else:
             how = (f"{result.context_tokens} document tokens as {result.soft_tokens} soft tokens + "
                    f"{result.prompt_tokens} prompt tokens; {result.dropped_chunks} chunks dropped")
@@ -95,9 +96,10 @@ def reading_plan(engine, chunks) -> str:
         return (f"{head}: beyond the decoder window, so e2llm ask refuses it (--overflow truncate reads only the "
                 f"chunks most similar to the question)")
     raw = (f"the raw text of the {cfg.raw_top_n} chunks most similar to each question" if cfg.raw_top_n else "")
-    if cfg.raw_top_n and cfg.soft_prompts_max_tokens is not None and tokens > cfg.soft_prompts_max_tokens:
-        return (f"{head}; read as {raw} alone, no soft prompts (longer than soft_prompts_max_tokens="
-                f"{cfg.soft_prompts_max_tokens}; every chunk is still ranked)")
+    if cfg.raw_top_n and cfg.soft_prompts_skipped(tokens):
+        why = (f"longer than soft_prompts_max_tokens={cfg.soft_prompts_max_tokens}" if cfg.soft_prompts_max_tokens is not None
+               and tokens > cfg.soft_prompts_max_tokens else f"at most soft_prompts_min_tokens={cfg.soft_prompts_min_tokens}")
+        return f"{head}; read as {raw} alone, no soft prompts ({why}; every chunk is still ranked)"
     soft = len(chunks) * cfg.adapter.tokens_per_chunk
     return f"{head} -> {soft} soft tokens (compression {tokens / max(1, soft):.1f}x){' + ' + raw if raw else ''}"
 

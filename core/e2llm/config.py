@@ -126,7 +126,17 @@ class E2LLMConfig(_Strict):
         None, ge=0, description="hybrid reading (raw_top_n > 0) of a document longer than this many context tokens "
         "reads its raw top-n chunks alone, without soft prompts (the shipped default: docs/defaults.md); "
         "None: soft prompts at every length")
+    soft_prompts_min_tokens: Optional[int] = Field(
+        None, ge=0, description="hybrid reading (raw_top_n > 0) of a document of at most this many context tokens "
+        "reads its raw top-n chunks alone, without soft prompts (the shipped default: 2048, where soft prompts cost "
+        "answers: docs/defaults.md); None: soft prompts however short the document")
     trained: bool = Field(False, description="False until a trainer wrote the weights")
+
+    def soft_prompts_skipped(self, context_tokens: int) -> bool:
+        """Whether hybrid reading of a document of this many context (encoder) tokens reads its raw
+        top-n chunks alone: outside the lengths where soft prompts were measured to earn answers."""
+        low, high = self.soft_prompts_min_tokens, self.soft_prompts_max_tokens
+        return (high is not None and context_tokens > high) or (low is not None and context_tokens <= low)
 
     # -- JSON round trip -------------------------------------------------------------
     def to_json(self) -> str:

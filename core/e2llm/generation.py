@@ -35,7 +35,7 @@ class GenerationResult:
     # index in raw_chunks points into this list, in every reading mode.
     chunks: list[Chunk] = field(default_factory=list)
     dropped_chunks: int = 0  # left out under overflow="truncate"
-    raw_only: bool = False  # hybrid beyond soft_prompts_max_tokens: the raw chunks alone, no soft prompts
+    raw_only: bool = False  # hybrid outside soft_prompts_min/max_tokens: the raw chunks alone, no soft prompts
     raw_chunks: list[int] = field(default_factory=list)  # indices into `chunks` of those also (raw_only: only) read raw
     chunk_scores: Optional[list[float]] = None  # attention share of each of `chunks` (soft tokens; raw_only: raw text)
     citations: Optional[list["Citation"]] = None  # soft chunks and raw passages, by share of the answer's attention
@@ -220,8 +220,8 @@ class GenerationMixin:
                                       cli=f"{what}{', lower --raw-top-n' if raw_top_n else ''} or lower --max-new-tokens")
         fit = (window - fixed) // k
         keep = list(range(len(chunks)))
-        limit = self.config.soft_prompts_max_tokens  # measured where soft prompts cost answers: docs/defaults.md
-        raw_only = bool(raw_idx) and limit is not None and sum(c.num_tokens for c in chunks) > limit
+        # outside the lengths where soft prompts earn answers (docs/defaults.md): the raw chunks alone
+        raw_only = bool(raw_idx) and self.config.soft_prompts_skipped(sum(c.num_tokens for c in chunks))
         if raw_only:
             keep = []  # hybrid beyond the limit: the raw chunks alone (and no encoder pass for a text context)
         elif len(chunks) > fit:

@@ -64,9 +64,8 @@ def run_e2llm(engine, document: str, new_tokens: int, cached: bool = False, stor
 
     def stages():
         chunks, t_chunk = _timed(lambda: engine.chunk(document))
-        limit = engine.config.soft_prompts_max_tokens
-        if engine.config.raw_top_n and limit is not None and sum(c.num_tokens for c in chunks) > limit:
-            # as the engine reads it: beyond the limit the raw top-n chunks alone, no soft prompts to encode
+        if engine.config.raw_top_n and engine.config.soft_prompts_skipped(sum(c.num_tokens for c in chunks)):
+            # as the engine reads it: outside the soft-prompt lengths the raw top-n chunks alone, nothing to encode
             prepared, t_prep = _timed(lambda: engine._prepare(QUESTION, document, max_new_tokens=new_tokens))
             return prepared, dict(chunk_s=t_chunk, rank_s=t_prep)
         vectors, t_encode = _timed(lambda: engine.encode_chunks(chunks))

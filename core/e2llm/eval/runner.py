@@ -155,8 +155,10 @@ def settings_signature(system: str, ck: Checkpoint, label: str, settings: System
         parts["raw_top_n"] = hybrid_raw_top_n(ck.engine, settings)
     if system not in E2LLM_SYSTEMS:
         parts["baseline_lora"] = settings.baseline_lora
-    elif ck.engine.config.soft_prompts_max_tokens is not None:  # only when set: older caches stay valid
-        parts["soft_prompts_max_tokens"] = ck.engine.config.soft_prompts_max_tokens
+    else:  # only when set: older caches stay valid
+        for key in ("soft_prompts_max_tokens", "soft_prompts_min_tokens"):
+            if getattr(ck.engine.config, key) is not None:
+                parts[key] = getattr(ck.engine.config, key)
     parts["model"] = ck.engine.config.decoder.name_or_path if label == BASE_LABEL else ck.identity
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
 

@@ -3,7 +3,8 @@
 - ``e2llm``: every chunk compressed into k soft tokens, nothing raw (raw_top_n=0).
 - ``e2llm_hybrid``: the same, plus the raw text of the ``raw_top_n`` chunks the retriever
   ranks highest (the checkpoint's own ``raw_top_n``; 2 where it has none), as the checkpoint
-  reads by default: beyond its ``soft_prompts_max_tokens`` that is the raw chunks alone.
+  reads by default: outside its ``soft_prompts_min_tokens``..``soft_prompts_max_tokens`` that is
+  the raw chunks alone.
 - ``e2llm_raw`` (control): hybrid's raw chunks alone, no soft prompts, same tuned decoder:
   what the soft prompts add to hybrid reading.
 - ``e2llm_swapped`` (control): *another* document's soft prompts (the next item of the same
