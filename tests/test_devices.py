@@ -427,3 +427,14 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_backbones):
     assert grads[0].keys() == grads[1].keys() and any(".lora_" in k for k in grads[0])
     for k in grads[0]:
         torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-4, atol=1e-6)
+
+
+def test_cpu_class_names_the_fastest_path_the_flags_allow():
+    from e2llm.devices import cpu_class, cpu_line
+
+    assert cpu_class({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}) == "AMX"
+    assert cpu_class({"avx2", "avx512f", "avx512_bf16"}) == "AVX-512 BF16"
+    assert cpu_class({"avx2", "avx512f"}) == "AVX-512 (no BF16)"
+    assert cpu_class({"avx2", "fma"}) == "AVX2 only"
+    assert cpu_class({"sse4_2"}) == "no AVX2"
+    assert cpu_line().startswith("CPU: ") and "cores" in cpu_line()

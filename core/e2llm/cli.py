@@ -80,6 +80,12 @@ def cmd_info(args) -> int:
     print(engine.config.to_json())
     print(f"parameters: {counts['total']:,} total, {counts['trainable']:,} trainable")
     print(f"decoder window: {engine.window_tokens} tokens; trained checkpoint: {engine.config.trained}")
+    from .devices import cpu_line
+
+    if engine.device.type == "cpu":  # which path each stage takes on this machine
+        fast = engine._encoder_copy_pays()
+        print(f"{cpu_line()}; encoder passes: {'a bf16 copy' if fast else 'float32'}; decoding: "
+              f"{'a bf16 lean copy' if engine.fast_decode and fast else 'float32'}")
     for f, text in docs:
         print(f"{f}: {reading_plan(engine, engine.chunk(text))}")
     return 0

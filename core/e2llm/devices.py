@@ -100,3 +100,36 @@ def check_quantization(quantization: str, device: torch.device, part: str = "dec
 
 def _mps_available() -> bool:
     return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+# CPU classes as the speed work names them (docs/speed.md): each takes a different path.
+CPU_CLASSES = (("amx_bf16", "AMX"), ("avx512_bf16", "AVX-512 BF16"), ("avx512f", "AVX-512 (no BF16)"), ("avx2", "AVX2 only"))
+
+
+def cpu_class(flags: set[str]) -> str:
+    """The CPU's class from its /proc/cpuinfo flags: the first of CPU_CLASSES it has."""
+    return next((name for flag, name in CPU_CLASSES if flag in flags), "no AVX2")
+
+
+def cpu_line() -> str:
+    """One line naming this machine's CPU, its class, and whether bf16 products run on it, for
+    every printed timing (these machines differ: AMX, AVX-512 BF16, AVX2-only)."""
+    import os
+    import platform
+
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:  # not Linux: the model name platform gives
+        pass
+    from .decoding import cpu_has_bf16
+
+    bf16 = "bf16 products" if cpu_has_bf16() else "float32 products (no bf16 units)"
+    return f"CPU: {model}, {cpu_class(flags) if flags else 'flags unknown'}, {os.cpu_count()} cores; {bf16}"

@@ -47,6 +47,9 @@ def add_parser(sub) -> None:
         engine = load_from_args(args)
         if args.raw_top_n is not None:
             engine.config.raw_top_n = args.raw_top_n
+        from ..devices import cpu_line
+
+        print(cpu_line())
         print(f"e2llm reads every chunk compressed + the raw text of the {engine.config.raw_top_n} most similar to the question")
         import tempfile
 
@@ -84,6 +87,9 @@ def add_parser(sub) -> None:
         _threads(args)
         engine = load_from_args(args)
         speed = decode_speed(engine, args.document_tokens, args.new_tokens, args.rounds)
+        from ..devices import cpu_line
+
+        print(cpu_line())
         print(f"Forced {args.new_tokens} new tokens after a question on a {args.document_tokens}-token synthetic document "
               f"(median of {args.rounds} interleaved rounds):\n")
         print(_speed_table(speed))
@@ -117,6 +123,9 @@ def add_parser(sub) -> None:
 
         _threads(args)
         engine = load_from_args(args)
+        from ..devices import cpu_line
+
+        print(cpu_line())
         peak32, peak16 = matmul_peak_gflops(torch.float32), matmul_peak_gflops(torch.bfloat16)
         rows = encoder_throughput(engine, args.document_tokens, args.batch_sizes)
         peak_bf16_after = matmul_peak_gflops(torch.bfloat16)

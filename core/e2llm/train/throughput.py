@@ -51,7 +51,9 @@ class StepMeter:
                 "peak_share": round(gflops / (self.world * self.peak_gflops), 3)}
 
     def describe(self) -> str:
-        return (f"matmul peak {self.peak_gflops:.0f} GFLOP/s a process ({str(self.dtype).replace('torch.', '')}); "
+        from ..devices import cpu_line
+
+        return (f"{cpu_line()}; matmul peak {self.peak_gflops:.0f} GFLOP/s a process ({str(self.dtype).replace('torch.', '')}); "
                 f"linear weights: encoder {self.enc_weights / 1e6:.1f}M, decoder {self.dec_weights / 1e6:.1f}M + head "
                 f"{self.head_weights / 1e6:.1f}M")
 
