@@ -121,6 +121,10 @@ class TrainConfig(_Strict):
     output_dir: str = "runs/e2llm"
     save_every: int = Field(100, ge=1)
     keep_last: int = Field(3, ge=1)
+    # A long run that outlives its machine: with --resume and no checkpoint in output_dir, start
+    # from a kept copy of the run (scripts/keep_run.py: weights, step, log; no optimizer state)
+    # at its step, with a fresh optimizer warmed up again over optim.warmup_steps.
+    continue_from: Optional[str] = Field(None, description="kept run folder (scripts/keep_run.py) for --resume")
     eval_every: int = Field(100, ge=1)
     log_every: int = Field(10, ge=1)
     num_generation_checks: int = Field(8, ge=0)

@@ -425,11 +425,13 @@ class Trainer:
 
     def _resume(self) -> int:
         ck = latest_checkpoint(self.run_dir)
+        if ck is None and self.cfg.continue_from:
+            return self._continue(Path(self.cfg.continue_from))
         if ck is None:
             return 0
         state = json.loads((ck / STATE_NAME).read_text())
         diff = config_differences(TrainConfig.model_validate(state["train_config"]), self.cfg,
-                                  ignore=("optim.max_steps", "parallelism", "process_group_timeout_s"))
+                                  ignore=("optim.max_steps", "parallelism", "process_group_timeout_s", "continue_from"))
         if diff:
             raise InputError(f"cannot resume from {ck}: it was written by a different config ({', '.join(diff[:6])} differ); "
                              "use the same config or another output_dir")
@@ -438,6 +440,32 @@ class Trainer:
         self.engine.load_trained_state_dict(tensors, source=str(ck))
         _load_optimizer(self.opt, load_file(str(ck / OPTIM_NAME)), state["optimizer"])
         return state["step"]
+
+    def _continue(self, kept: Path) -> int:
+        """Start from a kept run (weights, step and log, no optimizer state): its step, a fresh
+        optimizer re-warmed from there, its log copied in so the curves go on."""
+        try:
+            state = json.loads((kept / STATE_NAME).read_text())
+            tensors = load_file(str(kept / WEIGHTS_NAME))
+        except (OSError, ValueError) as e:
+            raise InputError(f"continue_from: cannot read the kept run {kept} ({e}); keep it again with "
+                             "scripts/keep_run.py, or drop continue_from") from None
+        diff = config_differences(TrainConfig.model_validate(state["train_config"]), self.cfg,
+                                  ignore=("optim.max_steps", "parallelism", "process_group_timeout_s", "continue_from",
+                                          "output_dir"))
+        if diff:
+            raise InputError(f"continue_from {kept}: it was written by a different config ({', '.join(diff[:6])} differ); "
+                             "use the config it was trained with")
+        current = self.engine.trained_state_dict()
+        self.engine.load_trained_state_dict({k: like(v, current[k]) if k in current else v for k, v in tensors.items()},
+                                            source=str(kept))
+        if self.rank == 0 and (kept / "log.jsonl").exists() and not (self.run_dir / "log.jsonl").exists():
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(kept / "log.jsonl", self.run_dir / "log.jsonl")
+        self.rewarm_from = state["step"]
+        return state["step"]
+
+    rewarm_from: int | None = None  # the step a continued run's fresh optimizer started at
 
     def train(self, resume: bool = False) -> Path:
         """Train to optim.max_steps; return the final model's folder. A process group this trainer
@@ -471,8 +499,9 @@ class Trainer:
         bar = tqdm(range(start, o.max_steps), initial=start, total=o.max_steps, desc="train", disable=self.rank != 0)
         t0 = time.perf_counter()  # a step's time includes waiting for its batch
         for step, parts in zip(bar, self._loader(start)):
+            rewarm = 1.0 if self.rewarm_from is None else min(1.0, (step - self.rewarm_from + 1) / max(1, o.warmup_steps))
             for g, base in zip(self.opt.param_groups, self.base_lrs):
-                g["lr"] = base * lr_at(step, cfg)
+                g["lr"] = base * lr_at(step, cfg) * rewarm
             torch.manual_seed(step_seed(cfg.seed, step, self.rank))  # dropout (LoRA's; the backbones' if on)
             # ce recon, tokens recon, ce reason, tokens reason, spread penalty (this process), on the
             # model's device: no host sync per micro-batch, and NCCL reduces only GPU tensors
