@@ -130,6 +130,9 @@ class E2LLMConfig(_Strict):
         None, ge=0, description="hybrid reading (raw_top_n > 0) of a document of at most this many context tokens "
         "reads its raw top-n chunks alone, without soft prompts (the shipped default: 2048, where soft prompts cost "
         "answers: docs/defaults.md); None: soft prompts however short the document")
+    ranker_candidates: Optional[int] = Field(
+        None, ge=1, description="rank chunks in two passes: BM25 (the bm25s package) picks this many candidates, the "
+        "encoder ranks only those; None: the encoder reads every chunk (issue 35: its pass dominates on CPUs)")
     trained: bool = Field(False, description="False until a trainer wrote the weights")
 
     def soft_prompts_skipped(self, context_tokens: int) -> bool:

@@ -50,6 +50,23 @@ def _spans_fit(spans: torch.Tensor, text: str) -> bool:
                 and (start[1:] >= start[:-1]).all())
 
 
+def lexical_order(question: str, texts: Sequence[str], candidates: int | None) -> list[int] | None:
+    """Indices of texts by BM25 score against the question, best first (ties in text order);
+    None when there is no first pass to make (candidates unset, or no more texts than that)."""
+    if candidates is None or len(texts) <= candidates:
+        return None
+    try:
+        import bm25s
+    except ImportError:
+        raise ConfigError("ranker_candidates needs the bm25s package: pip install 'e2llm[bm25]' (or bm25s), "
+                          "or set ranker_candidates: null") from None
+    index = bm25s.BM25()
+    index.index(bm25s.tokenize(list(texts), stopwords="en", show_progress=False), show_progress=False)
+    query = bm25s.tokenize([question], stopwords="en", show_progress=False, return_ids=False)[0]
+    scores = index.get_scores(query) if query else [0.0] * len(texts)
+    return sorted(range(len(texts)), key=lambda i: -float(scores[i]))
+
+
 def encoder_max_tokens(config: E2LLMConfig) -> int:
     """The encoder's truncation length for a chunk: its token budget plus room for the special
     tokens a tokenizer adds around it ([CLS] [SEP] for BERT; a decoder's tokenizer adds none or a BOS)."""
@@ -492,9 +509,15 @@ class E2LLM(GenerationMixin, nn.Module):
         return sorted(self.rank_chunks(question, chunks)[:n]) if n and chunks else []
 
     def rank_chunks(self, question: str, chunks: Sequence[Chunk]) -> list[int]:
-        """Chunk indices, most similar to the question first."""
+        """Chunk indices, most similar to the question first. With config.ranker_candidates the
+        encoder ranks only the chunks BM25 puts first; the rest follow in BM25's order."""
         if not chunks:
             return []
+        pool = lexical_order(question, [c.text for c in chunks], self.config.ranker_candidates)
+        head = pool if pool is None else pool[: self.config.ranker_candidates]
+        texts = [c.text for c in chunks] if head is None else [chunks[i].text for i in head]
         q = self.ranking_vectors([question])[0]
-        sims = self.ranking_vectors([c.text for c in chunks]) @ q
-        return sims.argsort(descending=True).tolist()
+        order = (self.ranking_vectors(texts) @ q).argsort(descending=True).tolist()
+        if head is None:
+            return order
+        return [head[i] for i in order] + pool[len(head):]

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
 from .metrics import all_scores, score
-from .systems import (E2LLM_SYSTEMS, NEEDS_OTHER_SOFT, SYSTEMS, USES_RAW_TOP_N, Outcome, SystemSettings, hybrid_raw_top_n,
+from .systems import (E2LLM_SYSTEMS, NEEDS_OTHER_SOFT, NEEDS_RETRIEVAL, SYSTEMS, USES_RAW_TOP_N, Outcome, SystemSettings, hybrid_raw_top_n,
                       prepare_item, run_system)
 from .tasks import EvalItem
 
@@ -159,6 +159,8 @@ def settings_signature(system: str, ck: Checkpoint, label: str, settings: System
         for key in ("soft_prompts_max_tokens", "soft_prompts_min_tokens"):
             if getattr(ck.engine.config, key) is not None:
                 parts[key] = getattr(ck.engine.config, key)
+    if ck.engine.config.ranker_candidates is not None and system in NEEDS_RETRIEVAL:  # a BM25 first pass ranks
+        parts["ranker_candidates"] = ck.engine.config.ranker_candidates
     parts["model"] = ck.engine.config.decoder.name_or_path if label == BASE_LABEL else ck.identity
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
 

@@ -1,0 +1,43 @@
+"""The BM25 first pass of chunk ranking (issue 35): config.ranker_candidates."""
+import pytest
+
+from e2llm.model import lexical_order
+
+TEXTS = ["The cat sat on the mat.", "Dogs chase cats in the park.", "Quantum physics is hard to teach.",
+         "The museum in Tallberg was founded in 1911 by Ida Varga.", "Rain fell on the quiet harbour all night."]
+
+
+def test_lexical_order_puts_the_matching_text_first_and_keeps_every_index():
+    order = lexical_order("When was the museum in Tallberg founded?", TEXTS, 2)
+    assert order[0] == 3 and sorted(order) == list(range(len(TEXTS)))
+    assert lexical_order("anything", TEXTS, 5) is None and lexical_order("anything", TEXTS, None) is None
+    assert lexical_order("the of and", TEXTS, 2) == list(range(len(TEXTS)))  # only stopwords: text order
+
+
+def test_the_encoder_ranks_only_the_candidates(make_tiny_engine):
+    engine = make_tiny_engine()
+    doc = " ".join(TEXTS * 6)
+    chunks = engine.chunk(doc)
+    assert len(chunks) > 3
+    seen = []
+    real = engine.ranking_vectors
+    engine.ranking_vectors = lambda texts: seen.append(len(texts)) or real(texts)
+    full = engine.rank_chunks("When was the museum founded?", chunks)
+    engine.config.ranker_candidates = 3
+    two_pass = engine.rank_chunks("When was the museum founded?", chunks)
+    assert sorted(two_pass) == sorted(full) == list(range(len(chunks)))  # a permutation of every chunk
+    assert seen == [1, len(chunks), 1, 3]  # question, then every chunk; question, then 3 candidates
+    lexical = lexical_order("When was the museum founded?", [c.text for c in chunks], 3)
+    assert set(two_pass[:3]) == set(lexical[:3]) and two_pass[3:] == lexical[3:]
+
+
+def test_missing_bm25s_is_one_line_with_the_install_hint(monkeypatch):
+    import builtins
+
+    from e2llm.errors import ConfigError
+
+    real_import = builtins.__import__
+    monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name))
+                        if name == "bm25s" else real_import(name, *a, **k))
+    with pytest.raises(ConfigError, match=r"pip install 'e2llm\[bm25\]'"):
+        lexical_order("q", TEXTS, 2)
