@@ -47,3 +47,22 @@ def test_a_kept_run_continues_at_its_step_with_its_weights_and_log(tiny_backbone
     recs = [json.loads(line) for line in (tmp_path / "again" / "log.jsonl").read_text().splitlines()]
     lr5 = next(r["lr"] for r in recs if r["step"] == 5)
     assert lr5 < cfg.optim.lr  # the fresh optimizer warms up again from step 4
+
+
+def test_a_run_resumes_with_another_grad_accum_on_the_same_curve(tiny_backbones, tmp_path):
+    """Smaller micro-batches when a run outgrows its memory (longer windows under the curriculum):
+    the step's samples and its loss normalisation are the same, so the curve is too."""
+    straight = tiny_train_config(tiny_backbones, tmp_path / "a", max_steps=4, batch_size=4, grad_accum=1)
+    Trainer(straight, data=tiny_data()).train()
+    first = tiny_train_config(tiny_backbones, tmp_path / "b", max_steps=2, batch_size=4, grad_accum=1)
+    Trainer(first, data=tiny_data()).train()
+    smaller = tiny_train_config(tiny_backbones, tmp_path / "b", max_steps=4, batch_size=4, grad_accum=4)
+    Trainer(smaller, data=tiny_data()).train(resume=True)
+
+    def curve(run):
+        recs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+        return [r["loss_recon"] for r in recs if "loss_recon" in r]
+
+    a, b = curve(tmp_path / "a"), curve(tmp_path / "b")
+    assert len(a) == len(b) == 4
+    assert all(abs(x - y) < 1e-4 for x, y in zip(a, b))

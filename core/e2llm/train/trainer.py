@@ -46,6 +46,10 @@ from .distributed import (Parallel, check_parallelism, decoder_layers, device_fo
                           shard_decoder)
 
 STATE_NAME, OPTIM_NAME = "trainer_state.json", "optimizer.safetensors"
+# Keys a resumed run may change: they change how a step is run (its length, the processes, how
+# its samples are split into micro-batches: losses are normalised over the whole step), not what
+# a checkpoint holds or which samples a step reads.
+RESUME_MAY_CHANGE = ("optim.max_steps", "parallelism", "process_group_timeout_s", "optim.grad_accum", "data.num_workers")
 
 
 # --------------------------------------------------------------------------- the loss
@@ -431,7 +435,7 @@ class Trainer:
             return 0
         state = json.loads((ck / STATE_NAME).read_text())
         diff = config_differences(TrainConfig.model_validate(state["train_config"]), self.cfg,
-                                  ignore=("optim.max_steps", "parallelism", "process_group_timeout_s", "continue_from"))
+                                  ignore=RESUME_MAY_CHANGE + ("continue_from",))
         if diff:
             raise InputError(f"cannot resume from {ck}: it was written by a different config ({', '.join(diff[:6])} differ); "
                              "use the same config or another output_dir")
@@ -451,8 +455,7 @@ class Trainer:
             raise InputError(f"continue_from: cannot read the kept run {kept} ({e}); keep it again with "
                              "scripts/keep_run.py, or drop continue_from") from None
         diff = config_differences(TrainConfig.model_validate(state["train_config"]), self.cfg,
-                                  ignore=("optim.max_steps", "parallelism", "process_group_timeout_s", "continue_from",
-                                          "output_dir"))
+                                  ignore=RESUME_MAY_CHANGE + ("continue_from", "output_dir"))
         if diff:
             raise InputError(f"continue_from {kept}: it was written by a different config ({', '.join(diff[:6])} differ); "
                              "use the config it was trained with")
