@@ -58,7 +58,7 @@ def lexical_order(question: str, texts: Sequence[str], candidates: int | None) -
     try:
         import bm25s
     except ImportError:
-        raise ConfigError("ranker_candidates needs the bm25s package: pip install 'e2llm[bm25]' (or bm25s), "
+        raise ConfigError("ranker_candidates needs the bm25s package (an e2llm dependency): pip install bm25s, "
                           "or set ranker_candidates: null") from None
     index = bm25s.BM25()
     index.index(bm25s.tokenize(list(texts), stopwords="en", show_progress=False), show_progress=False)
