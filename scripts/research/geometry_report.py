@@ -1,6 +1,7 @@
 """Issue 32's comparison: held-out content (loss with another chunk's soft prompt minus with its
 own, the trainer's val_recon_content) against target tokens trained, one line per run, and the
-same rows as a markdown table. Runs are the trainer's output folders (log.jsonl in each).
+same rows as a markdown table. Runs are the trainer's output folders (log.jsonl in each), kept
+runs (scripts/keep_run.py) or log files.
 
     python scripts/research/geometry_report.py docs/geometry-content.png runs/i32-base runs/i32-local16 ...
 """
@@ -16,7 +17,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 def curve(run: Path) -> list[dict]:
     """Each evaluation with the tokens trained up to its step (the nearest step record before it)."""
-    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
+    log = run if run.is_file() else run / "log.jsonl"
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     tokens, elapsed, out = {}, {}, []
     for r in rows:
         if "train_tokens" in r:
@@ -36,10 +38,11 @@ def main() -> int:
     for run in runs:
         points = curve(run)
         for p in points:
-            print(f"| {run.name} | {p['step']} | {p['train_tokens'] or 0:,} | {p['val_loss_recon']:.3f} | "
+            print(f"| {run.name.replace('.log.jsonl', '')} | {p['step']} | {p['train_tokens'] or 0:,} | {p['val_loss_recon']:.3f} | "
                   f"{p['val_recon_content']:.3f} | {p.get('val_soft_prompt_spread', float('nan')):.3f} |")
         if points:
-            ax.plot([p["train_tokens"] or 0 for p in points], [p["val_recon_content"] for p in points], "o-", label=run.name)
+            name = run.name.replace(".log.jsonl", "")
+            ax.plot([p["train_tokens"] or 0 for p in points], [p["val_recon_content"] for p in points], "o-", label=name)
     ax.set_xlabel("target tokens trained (reconstruction + continuation)")
     ax.set_ylabel("content on held-out windows, nats/token")
     ax.set_title("Soft prompts' own-chunk content vs tokens trained (CPU)", fontsize=10)
