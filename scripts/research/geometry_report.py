@@ -3,7 +3,11 @@ own, the trainer's val_recon_content) against target tokens trained, one line pe
 same rows as a markdown table. Runs are the trainer's output folders (log.jsonl in each), kept
 runs (scripts/keep_run.py) or log files.
 
-    python scripts/research/geometry_report.py docs/geometry-content.png runs/i32-base runs/i32-local16 ...
+    python scripts/research/geometry_report.py docs/geometry-content.png runs/i32-base runs/i32-local16 ... \
+        [--unlike runs/i32-base:60:runs/val-base60-machine-docs.json ...]
+
+--unlike RUN:STEP:JSON adds `e2llm validate --docs ... --json JSON` of that run's STEP checkpoint
+(text unlike the training corpus) as a point at the tokens the run had trained by then.
 """
 import json
 import sys
@@ -31,7 +35,10 @@ def curve(run: Path) -> list[dict]:
 
 
 def main() -> int:
-    png, runs = Path(sys.argv[1]), [Path(a) for a in sys.argv[2:]]
+    args = sys.argv[1:]
+    unlike = [args[i + 1] for i, a in enumerate(args) if a == "--unlike"]
+    rest = [a for i, a in enumerate(args) if a != "--unlike" and (i == 0 or args[i - 1] != "--unlike")]
+    png, runs = Path(rest[0]), [Path(a) for a in rest[1:]]
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     print("| run | step | target tokens trained | held-out recon loss | content (nats/token) | spread |")
     print("|---|---:|---:|---:|---:|---:|")
@@ -43,6 +50,16 @@ def main() -> int:
         if points:
             name = run.name.replace(".log.jsonl", "")
             ax.plot([p["train_tokens"] or 0 for p in points], [p["val_recon_content"] for p in points], "o-", label=name)
+    for spec in unlike:
+        run, step, path = spec.split(":")
+        log = Path(run) if Path(run).is_file() else Path(run) / "log.jsonl"
+        rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        tokens = max((r["train_tokens"] for r in rows if "train_tokens" in r and r["step"] <= int(step)), default=0)
+        v = json.loads(Path(path).read_text())
+        content = v["loss_with_other_soft_prompt"] - v["loss_with_soft_prompt"]
+        print(f"| {Path(run).name} on {v.get('docs')} (validate) | {step} | {tokens:,} | {v['loss_with_soft_prompt']:.3f} | "
+              f"{content:.3f} | {v['soft_prompt_spread']:.3f} |")
+        ax.plot(tokens, content, "s", color="black", label=f"{Path(run).name} step {step}, unlike text ({v.get('docs')})")
     ax.set_xlabel("target tokens trained (reconstruction + continuation)")
     ax.set_ylabel("content on held-out windows, nats/token")
     ax.set_title("Soft prompts' own-chunk content vs tokens trained (CPU)", fontsize=10)
