@@ -41,3 +41,16 @@ def test_missing_bm25s_is_one_line_with_the_install_hint(monkeypatch):
                         if name == "bm25s" else real_import(name, *a, **k))
     with pytest.raises(ConfigError, match=r"pip install bm25s"):
         lexical_order("q", TEXTS, 2)
+
+
+def test_answer_chunks_finds_the_chunks_that_hold_an_answer(make_tiny_engine):
+    from types import SimpleNamespace
+
+    from e2llm.bench.encode_bench import answer_chunks
+
+    engine = make_tiny_engine()
+    item = SimpleNamespace(context=" ".join(TEXTS * 6), answers=["Ida Varga"])
+    chunks, relevant = answer_chunks(engine, item)
+    assert relevant and all("Ida Varga" in chunks[i].text for i in relevant)
+    assert all("Ida Varga" not in c.text for i, c in enumerate(chunks) if i not in relevant)
+    assert answer_chunks(engine, SimpleNamespace(context=item.context, answers=["Zanzibar"]))[1] == set()

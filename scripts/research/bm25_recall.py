@@ -11,7 +11,7 @@ import time
 
 from e2llm import E2LLM
 from e2llm.devices import cpu_line
-from e2llm.eval.metrics import normalize_answer
+from e2llm.bench.encode_bench import answer_chunks
 from e2llm.eval.tasks import folder_documents, synthetic_items
 
 
@@ -35,9 +35,7 @@ def main() -> int:
         hits = total = 0
         cpu = 0.0
         for item in pool:
-            chunks = engine.chunk(item.context)
-            answers = [normalize_answer(a) for a in item.answers]
-            relevant = {i for i, c in enumerate(chunks) if any(a and a in normalize_answer(c.text) for a in answers)}
+            chunks, relevant = answer_chunks(engine, item)
             if not relevant:
                 continue
             engine.cache.clear()  # every question from scratch: the encoder's pass is the cost

@@ -62,11 +62,18 @@ def encoder_throughput(engine, document_tokens: int = 32768, batch_sizes=(16, 64
     return rows
 
 
+def answer_chunks(engine, item) -> tuple[list, set[int]]:
+    """An item's chunks, and the indices of those that hold one of its answers (empty: none does)."""
+    from ..eval.metrics import normalize_answer
+
+    chunks = engine.chunk(item.context)
+    answers = [normalize_answer(a) for a in item.answers]
+    return chunks, {i for i, c in enumerate(chunks) if any(a and a in normalize_answer(c.text) for a in answers)}
+
+
 def ranking_recall(engine, length: int = 8192, items: int = 30, top: int | None = None) -> dict[str, tuple[int, int]]:
     """Held-out synthetic items whose answer sits in some chunk: how often a chunk holding it is
     among the ``top`` ranked (default raw_top_n), per ranking mode. (hits, items)."""
-    from ..eval.metrics import normalize_answer
-
     top = top or engine.config.raw_top_n or 3
     pool = _held_out_items(items, length, tasks=("single_fact", "multi_fact", "two_chunk"))
     out, original = {}, engine.ranking_pass
@@ -75,9 +82,7 @@ def ranking_recall(engine, length: int = 8192, items: int = 30, top: int | None 
             engine.ranking_pass, hits, n = mode, 0, 0
             engine.cache.clear()
             for item in pool:
-                chunks = engine.chunk(item.context)
-                answers = [normalize_answer(a) for a in item.answers]
-                relevant = {i for i, c in enumerate(chunks) if any(a and a in normalize_answer(c.text) for a in answers)}
+                chunks, relevant = answer_chunks(engine, item)
                 if not relevant:
                     continue
                 n += 1

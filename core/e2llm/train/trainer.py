@@ -621,7 +621,7 @@ def attention_without_cudnn(device) -> contextlib.AbstractContextManager:
     query gradients on H100/H200 when an attention mask is passed, the padded length is 64 mod
     128 and a row's log-sum-exp is very negative (pytorch/pytorch#196678), which left-padded
     rows can be. On one H200 a bf16 run's gradients turned NaN at step 60 with a finite loss
-    (README "A GPU try of the content-first recipe"). The other kernels compute the same thing."""
+    (docs/research-log.md, "A GPU try of the content-first recipe"). The other kernels compute the same thing."""
     if torch.device(device).type != "cuda":
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
