@@ -514,10 +514,8 @@ class E2LLM(GenerationMixin, nn.Module):
         if not chunks:
             return []
         pool = lexical_order(question, [c.text for c in chunks], self.config.ranker_candidates)
-        head = pool if pool is None else pool[: self.config.ranker_candidates]
-        texts = [c.text for c in chunks] if head is None else [chunks[i].text for i in head]
+        pool = list(range(len(chunks))) if pool is None else pool
+        head = pool[: self.config.ranker_candidates or len(pool)]  # what the encoder ranks
         q = self.ranking_vectors([question])[0]
-        order = (self.ranking_vectors(texts) @ q).argsort(descending=True).tolist()
-        if head is None:
-            return order
+        order = (self.ranking_vectors([chunks[i].text for i in head]) @ q).argsort(descending=True).tolist()
         return [head[i] for i in order] + pool[len(head):]

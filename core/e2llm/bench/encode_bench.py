@@ -11,12 +11,12 @@ from .measure import _held_out_items, make_document
 
 def encoder_flops(engine, texts) -> float:
     """FLOPs of one encoder pass over texts as batched (padded positions count: they are computed)."""
-    from ..model import length_sorted_batches
+    from ..model import encoder_max_tokens, length_sorted_batches
 
     enc = engine.encoder.get_base_model() if hasattr(engine.encoder, "get_base_model") else engine.encoder
     cfg = enc.config
     linear = sum(m.in_features * m.out_features for m in enc.modules() if isinstance(m, torch.nn.Linear))
-    bs, max_len = engine.config.encoder.chunks_per_batch, engine.config.chunking.tokens_per_chunk + 2
+    bs, max_len = engine.config.encoder.chunks_per_batch, encoder_max_tokens(engine.config)  # as the engine encodes
     total = 0.0
     lengths = [len(x) for x in engine.encoder_tokenizer(list(texts), truncation=True, max_length=max_len)["input_ids"]]
     for rows in length_sorted_batches(lengths, bs):  # as the engine batches them
