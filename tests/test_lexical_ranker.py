@@ -1,7 +1,7 @@
 """The BM25 first pass of chunk ranking (issue 35): config.ranker_candidates."""
 import pytest
 
-from e2llm.model import lexical_order
+from e2llm.model import _bm25_index, lexical_order
 
 TEXTS = ["The cat sat on the mat.", "Dogs chase cats in the park.", "Quantum physics is hard to teach.",
          "The museum in Tallberg was founded in 1911 by Ida Varga.", "Rain fell on the quiet harbour all night."]
@@ -12,6 +12,16 @@ def test_lexical_order_puts_the_matching_text_first_and_keeps_every_index():
     assert order[0] == 3 and sorted(order) == list(range(len(TEXTS)))
     assert lexical_order("anything", TEXTS, 5) is None and lexical_order("anything", TEXTS, None) is None
     assert lexical_order("the of and", TEXTS, 2) == list(range(len(TEXTS)))  # only stopwords: text order
+
+
+def test_a_second_question_about_the_same_chunks_reuses_their_index():
+    _bm25_index.cache_clear()
+    first = lexical_order("When was the museum in Tallberg founded?", TEXTS, 2)
+    again = lexical_order("Where did the cat sit?", list(TEXTS), 2)  # the same texts, another list
+    assert _bm25_index.cache_info().misses == 1 and _bm25_index.cache_info().hits == 1
+    assert first[0] == 3 and again[0] == 0  # each question scored against the kept index
+    lexical_order("Where did the cat sit?", TEXTS[:4], 2)  # other chunks: their own index
+    assert _bm25_index.cache_info().misses == 2
 
 
 def test_the_encoder_ranks_only_the_candidates(make_tiny_engine):

@@ -9,6 +9,7 @@ Generation lives in :mod:`e2llm.generation`; this file builds, encodes, and save
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import warnings
 from pathlib import Path
@@ -60,11 +61,21 @@ def lexical_order(question: str, texts: Sequence[str], candidates: int | None) -
     except ImportError:
         raise ConfigError("ranker_candidates needs the bm25s package (an e2llm dependency): pip install bm25s, "
                           "or set ranker_candidates: null") from None
-    index = bm25s.BM25()
-    index.index(bm25s.tokenize(list(texts), stopwords="en", show_progress=False), show_progress=False)
+    index = _bm25_index(tuple(texts))
     query = bm25s.tokenize([question], stopwords="en", show_progress=False, return_ids=False)[0]
     scores = index.get_scores(query) if query else [0.0] * len(texts)
     return sorted(range(len(texts)), key=lambda i: -float(scores[i]))
+
+
+@functools.lru_cache(maxsize=4)
+def _bm25_index(texts: tuple[str, ...]):
+    """The BM25 index of a document's chunks, kept for the next questions about the same
+    document (a second question is the case the encoding store already makes cheap)."""
+    import bm25s
+
+    index = bm25s.BM25()
+    index.index(bm25s.tokenize(list(texts), stopwords="en", show_progress=False), show_progress=False)
+    return index
 
 
 def encoder_max_tokens(config: E2LLMConfig) -> int:
