@@ -89,8 +89,22 @@ def pod_text(raw: str) -> str:
     return tidy(text)
 
 
+GCIDE_SOURCE = re.compile(r"\[(?:1913 Webster|Webster 1913|WordNet 1\.5|PJC|Century Dict\.)(?: ?\+ ?PJC)?[^\]\n]{0,20}\]")
+GCIDE_ACCENT = re.compile(r"\[[=~^'\".-]?([a-zA-Z])(?:[=~^'\".-]|mac|um|cir|grave|acute|dot)?\]")  # acad['e]mie, m[=a]ke
+GCIDE_PRONUNCIATION = re.compile(r"\\[^\\\n]{1,60}\\,?")  # Abstract \Ab*stract"\, v. t.
+
+
 def gcide_text(raw: str) -> str:
-    return tidy(html.unescape(re.sub(r"<[^>]{0,60}>", "", raw)))
+    """The dictionary's definitions and quotations without its bookkeeping: a line of source
+    markers after every sense ("[1913 Webster]") is the most frequent string of the corpus, and
+    what an early run's reconstructions collapsed into; pronunciations in backslashes and the
+    braces of cross-references go too, and accent codes ("acad['e]mie") become their letter."""
+    text = html.unescape(re.sub(r"<[^>]{0,60}>", "", raw))
+    text = GCIDE_SOURCE.sub("", text)
+    text = GCIDE_ACCENT.sub(r"\1", re.sub(r"\[(ae|oe|AE|OE)\]", r"\1", text))
+    text = GCIDE_PRONUNCIATION.sub("", text)
+    text = re.sub(r"\{([^{}\n]{0,60})\}", r"\1", text)
+    return tidy(text)
 
 
 def split_words(text: str, words: int = DOC_WORDS) -> list[str]:
