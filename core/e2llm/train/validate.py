@@ -14,25 +14,29 @@ from __future__ import annotations
 
 import json
 
-import torch
-
 from ..cli_common import add_model_args, load_from_args
-from ..lora_switch import decoder_lora
-from .config import SPLIT_SEED, VAL_FRACTION
-from .corpus import load_corpus, split_documents
-from .data import recon_samples
-from .synth import make_reconstruction_texts
-from .trainer import ObjectiveLoss, mean_loss, mean_spread, swap_contexts
 
 VALIDATE_SEED = 7  # not a training seed: other windows of the held-out documents
 
 
-@torch.no_grad()
 def reconstruction_report(engine, num_texts: int = 24, words: int = 30, batch: int = 8, docs=None) -> dict:
     """docs: Documents to draw the texts from (default: the training corpus's held-out side)."""
+    import torch  # here, not at the top: `e2llm validate --help` imports this module and stays quick
+
+    with torch.no_grad():
+        return _reconstruction_report(engine, num_texts, words, batch, docs)
+
+
+def _reconstruction_report(engine, num_texts: int, words: int, batch: int, docs) -> dict:
     from tqdm import tqdm
 
     from ..eval import rouge_l  # eval's public API
+    from ..lora_switch import decoder_lora
+    from .config import SPLIT_SEED, VAL_FRACTION
+    from .corpus import load_corpus, split_documents
+    from .data import recon_samples
+    from .synth import make_reconstruction_texts
+    from .trainer import ObjectiveLoss, mean_loss, mean_spread, swap_contexts
 
     if docs is None:
         _, docs = split_documents(load_corpus(), SPLIT_SEED, VAL_FRACTION)
