@@ -93,9 +93,13 @@ class ObjectiveLoss(nn.Module):
         # most of a step's memory. Position t predicts token t + 1.
         n = batch["max_answer"]
         target = batch["labels"][:, -n:]  # (B, n)
-        # use_cache=False: a loss needs no KV cache (in eval mode transformers would build one)
+        # use_cache=False: a loss needs no KV cache (in eval mode transformers would build one).
+        # The positions as an index tensor, not a count: a count slices the hidden states to a
+        # strided view, and a strided input that needs a gradient makes the head a batched
+        # product over a copy of its whole weight per sample (on CPU most of a small step's time)
+        keep = torch.arange(embeds.shape[1] - n - 1, embeds.shape[1], device=embeds.device)
         logits = e.decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, use_cache=False,
-                           logits_to_keep=n + 1).logits[:, :-1]  # (B, n, V)
+                           logits_to_keep=keep).logits[:, :-1]  # (B, n, V)
         ce = F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), ignore_index=IGNORE_INDEX, reduction="none")
         return ce.view(target.shape).sum(1), (target != IGNORE_INDEX).sum(1)  # (B,), (B,)
 
