@@ -107,3 +107,26 @@ def test_decoder_as_encoder_checkpoint_round_trips(icae_engine, tmp_path):
     icae_engine.save_pretrained(tmp_path / "ck")
     again = E2LLM.from_pretrained(tmp_path / "ck")
     torch.testing.assert_close(again.encode(text).vectors, before)
+
+
+def test_encoder_num_layers_keeps_the_first_layers_and_round_trips(make_tiny_engine, tmp_path):
+    from e2llm import E2LLM
+
+    full = make_tiny_engine(encoder={"name_or_path": "decoder", "lora": {"r": 0}})
+    cut = make_tiny_engine(encoder={"name_or_path": "decoder", "num_layers": 1, "lora": {"r": 0}})
+    total = full.encoder.config.num_hidden_layers
+    assert total > 1 and cut.encoder.config.num_hidden_layers == 1
+    ids = cut.encoder_tokenizer(["The museum was founded in 1911."], return_tensors="pt")["input_ids"]
+    with torch.no_grad():  # the same first layer: the cut model's output is the full model's after layer 1
+        states = full.encoder(input_ids=ids, output_hidden_states=True).hidden_states[1]
+        last = cut.encoder(input_ids=ids).last_hidden_state
+    torch.testing.assert_close(last, full.encoder.norm(states))
+    cut.save_pretrained(tmp_path / "ck")
+    again = E2LLM.from_pretrained(tmp_path / "ck")
+    assert again.encoder.config.num_hidden_layers == 1
+    torch.testing.assert_close(again.encode("Ida Varga founded it.").vectors, cut.encode("Ida Varga founded it.").vectors)
+
+
+def test_encoder_num_layers_beyond_the_model_is_a_config_error(make_tiny_engine):
+    with pytest.raises(ConfigError, match="encoder.num_layers is 99"):
+        make_tiny_engine(encoder={"num_layers": 99})

@@ -101,6 +101,25 @@ def load_backbone(part: str, cfg: EncoderConfig | DecoderConfig, dtype: torch.dt
     return model, tok, str(path)
 
 
+def keep_first_layers(model: nn.Module, n: int, name: str) -> nn.Module:
+    """The model with only its first n transformer layers (encoder.num_layers): its one list of
+    config.num_hidden_layers blocks is cut, and the config says so (masks and caches read it)."""
+    total = model.config.num_hidden_layers
+    stacks = [(owner, attr) for owner in model.modules() for attr, child in owner.named_children()
+              if isinstance(child, nn.ModuleList) and len(child) == total]
+    if len(stacks) != 1:
+        raise ConfigError(f"encoder.num_layers: cannot find the layer stack of '{name}' ({len(stacks)} lists of "
+                          f"{total} modules); leave num_layers unset for this encoder")
+    if n > total:
+        raise ConfigError(f"encoder.num_layers is {n}, but '{name}' has {total} layers; use at most {total}")
+    owner, attr = stacks[0]
+    setattr(owner, attr, getattr(owner, attr)[:n])
+    model.config.num_hidden_layers = n
+    if isinstance(getattr(model.config, "layer_types", None), list):  # per-layer attention kinds (newer configs)
+        model.config.layer_types = model.config.layer_types[:n]
+    return model
+
+
 def prepare_quantized(model: nn.Module) -> nn.Module:
     """peft's preparation of a k-bit model for LoRA training: every base weight frozen, and the
     layers left unquantized (norms, embeddings, lm_head) upcast to float32 for stable gradients.

@@ -44,6 +44,8 @@ class EncoderConfig(_Strict):
     attn_implementation: Optional[AttnImplementation] = Field(None, description="None: sdpa where the model has it, else eager")
     trust_remote_code: bool = Field(False, description="run the model folder's own Python code (only if you trust it)")
     chunks_per_batch: int = Field(64, ge=1, description="bounded batch: memory stays flat for any document")
+    num_layers: Optional[int] = Field(None, ge=1, description="keep only the encoder's first N transformer layers "
+                                      "(None: all): a cheaper encoder, e.g. the decoder's embeddings and two layers")
     # target_modules empty: per architecture (peft's defaults, completed with the key projection);
     # the resolved names are written back into the config, so a checkpoint records them
     lora: LoraSettings = Field(default_factory=lambda: LoraSettings(r=16, alpha=32))

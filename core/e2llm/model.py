@@ -20,7 +20,7 @@ from torch import nn
 
 from . import defaults
 from .adapter import build_adapter, mean_pool, span_means
-from .backbones import load_backbone, sentence_transformers_pooling, with_lora
+from .backbones import keep_first_layers, load_backbone, sentence_transformers_pooling, with_lora
 from .cache import TensorCache, content_key
 from .checkpoint import check_tensors, read_config, read_tensors, save_checkpoint
 from .chunking import Chunk, chunk_texts
@@ -153,6 +153,8 @@ class E2LLM(GenerationMixin, nn.Module):
         check_quantization(quantization, target)
         config.decoder.quantization = quantization
         enc, enc_tok, enc_path = load_backbone("encoder", config.encoder, torch_dtype, decoder=config.decoder)
+        if config.encoder.num_layers is not None:
+            enc = keep_first_layers(enc, config.encoder.num_layers, config.encoder.name_or_path)
         dec, dec_tok, _ = load_backbone("decoder", config.decoder, torch_dtype, target)
         if config.adapter.anchor != "none" and enc_tok.get_vocab() != dec_tok.get_vocab():
             raise ConfigError(f"adapter.anchor: {config.adapter.anchor} reads the decoder's embeddings of the encoder's "
