@@ -39,17 +39,21 @@ def main() -> int:
     unlike = [args[i + 1] for i, a in enumerate(args) if a == "--unlike"]
     rest = [a for i, a in enumerate(args) if a != "--unlike" and (i == 0 or args[i - 1] != "--unlike")]
     png, runs = Path(rest[0]), [Path(a) for a in rest[1:]]
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.4), sharex=True)
+    colour = {}
     print("| run | step | target tokens trained | held-out recon loss | content (nats/token) | spread |")
     print("|---|---:|---:|---:|---:|---:|")
     for run in runs:
         points = curve(run)
+        name = run.name.replace(".log.jsonl", "")
         for p in points:
-            print(f"| {run.name.replace('.log.jsonl', '')} | {p['step']} | {p['train_tokens'] or 0:,} | {p['val_loss_recon']:.3f} | "
+            print(f"| {name} | {p['step']} | {p['train_tokens'] or 0:,} | {p['val_loss_recon']:.3f} | "
                   f"{p['val_recon_content']:.3f} | {p.get('val_soft_prompt_spread', float('nan')):.3f} |")
         if points:
-            name = run.name.replace(".log.jsonl", "")
-            ax.plot([p["train_tokens"] or 0 for p in points], [p["val_recon_content"] for p in points], "o-", label=name)
+            line, = ax.plot([p["train_tokens"] or 0 for p in points], [p["val_recon_content"] for p in points], "o-", label=name)
+            colour[name] = line.get_color()
+    # text unlike the training corpus: one line per run and text set, in the run's colour
+    series: dict = {}
     for spec in unlike:
         run, step, path = spec.split(":")
         log = Path(run) if Path(run).is_file() else Path(run) / "log.jsonl"
@@ -57,15 +61,21 @@ def main() -> int:
         tokens = max((r["train_tokens"] for r in rows if "train_tokens" in r and r["step"] <= int(step)), default=0)
         v = json.loads(Path(path).read_text())
         content = v["loss_with_other_soft_prompt"] - v["loss_with_soft_prompt"]
-        print(f"| {Path(run).name} on {v.get('docs')} (validate) | {step} | {tokens:,} | {v['loss_with_soft_prompt']:.3f} | "
+        name = Path(run).name.replace(".log.jsonl", "")
+        print(f"| {name} on {v.get('docs')} (validate) | {step} | {tokens:,} | {v['loss_with_soft_prompt']:.3f} | "
               f"{content:.3f} | {v['soft_prompt_spread']:.3f} |")
-        ax.plot(tokens, content, "s", color="black", label=f"{Path(run).name} step {step}, unlike text ({v.get('docs')})")
-    ax.set_xlabel("target tokens trained (reconstruction + continuation)")
-    ax.set_ylabel("content on held-out windows, nats/token")
-    ax.set_title("Soft prompts' own-chunk content vs tokens trained (CPU)", fontsize=10)
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+        series.setdefault((name, Path(str(v.get("docs"))).name), []).append((tokens, content))
+    for (name, docs), pts in series.items():
+        pts.sort()
+        ax2.plot(*zip(*pts), "s-" if "machine" in docs else "^--", color=colour.get(name), label=f"{name}, {docs}")
+    ax.set_title("held-out windows of the training kinds (trainer)", fontsize=10)
+    ax2.set_title("text of kinds never trained on (e2llm validate --docs)", fontsize=10)
+    for a in (ax, ax2):
+        a.set_xlabel("target tokens trained (reconstruction + continuation)")
+        a.set_ylabel("content, nats/token (another chunk's loss - own)")
+        a.axhline(0, color="grey", lw=0.8)
+        a.grid(alpha=0.3)
+        a.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(png, dpi=120)
     print(f"wrote {png}")
