@@ -7,7 +7,7 @@ package, and its modules pull in torch and e2llm.train.
 """
 from __future__ import annotations
 
-import importlib
+from ..lazy import lazy_names
 
 _WHERE = {
     "metrics": ("contains_answer", "exact_match", "predict_choice", "rouge_l", "score", "summarize", "token_f1",
@@ -19,7 +19,6 @@ _WHERE = {
     "tasks": ("DEFAULT_LENGTHS", "EVAL_SEED", "SPLIT_SEED", "TASKS", "VAL_FRACTION", "EvalItem", "folder_documents",
               "heldout_documents", "load_dataset", "synthetic_items"),
 }
-_MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}
 
 __all__ = [
     "contains_answer", "exact_match", "predict_choice", "rouge_l", "score", "summarize", "token_f1", "wilson_interval",
@@ -29,15 +28,4 @@ __all__ = [
     "synthetic_items",
 ]
 
-
-def __getattr__(name: str):
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module 'e2llm.eval' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_names(__name__, _WHERE, __all__, globals())

@@ -6,8 +6,7 @@ data pipeline pull in torch.
 """
 from __future__ import annotations
 
-import importlib
-from pathlib import Path as _Path
+from ..lazy import lazy_names
 
 _WHERE = {
     "config": ("TrainConfig", "DataConfig", "BuiltinData", "OptimConfig", "ObjectiveConfig", "SPLIT_SEED", "VAL_FRACTION"),
@@ -18,24 +17,10 @@ _WHERE = {
     "corpus": ("DataError", "Document", "iter_jsonl_records", "iter_text_files", "load_corpus", "split_documents"),
     "synth": ("make_qa_samples",),
 }
-_MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}
 
 __all__ = ["TrainConfig", "DataConfig", "BuiltinData", "OptimConfig", "ObjectiveConfig", "Trainer", "Sample",
            "TrainData", "build_data", "load_reason",
            "SPLIT_SEED", "VAL_FRACTION", "DataError", "Document", "iter_jsonl_records", "iter_text_files",
            "load_corpus", "split_documents", "make_qa_samples"]
 
-
-def __getattr__(name: str):
-    module = _MODULE_OF.get(name)
-    if module is None:
-        if (_Path(__file__).parent / f"{name}.py").is_file():  # e2llm.train.trainer etc., as when this file imported them
-            return importlib.import_module(f".{name}", __name__)
-        raise AttributeError(f"module 'e2llm.train' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_names(__name__, _WHERE, __all__, globals())
