@@ -19,10 +19,19 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def log_rows(run: Path) -> list[dict]:
+    """The records of a run folder's (or a kept run's) log.jsonl, or of a log file itself."""
+    log = run if run.is_file() else run / "log.jsonl"
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+
+
+def run_name(run: Path) -> str:
+    return run.name.replace(".log.jsonl", "")
+
+
 def curve(run: Path) -> list[dict]:
     """Each evaluation with the tokens trained up to its step (the nearest step record before it)."""
-    log = run if run.is_file() else run / "log.jsonl"
-    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    rows = log_rows(run)
     tokens, elapsed, out = {}, {}, []
     for r in rows:
         if "train_tokens" in r:
@@ -45,7 +54,7 @@ def main() -> int:
     print("|---|---:|---:|---:|---:|---:|")
     for run in runs:
         points = curve(run)
-        name = run.name.replace(".log.jsonl", "")
+        name = run_name(run)
         for p in points:
             print(f"| {name} | {p['step']} | {p['train_tokens'] or 0:,} | {p['val_loss_recon']:.3f} | "
                   f"{p['val_recon_content']:.3f} | {p.get('val_soft_prompt_spread', float('nan')):.3f} |")
@@ -56,12 +65,11 @@ def main() -> int:
     series: dict = {}
     for spec in unlike:
         run, step, path = spec.split(":")
-        log = Path(run) if Path(run).is_file() else Path(run) / "log.jsonl"
-        rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-        tokens = max((r["train_tokens"] for r in rows if "train_tokens" in r and r["step"] <= int(step)), default=0)
+        tokens = max((r["train_tokens"] for r in log_rows(Path(run)) if "train_tokens" in r and r["step"] <= int(step)),
+                     default=0)
         v = json.loads(Path(path).read_text())
         content = v["loss_with_other_soft_prompt"] - v["loss_with_soft_prompt"]
-        name = Path(run).name.replace(".log.jsonl", "")
+        name = run_name(Path(run))
         print(f"| {name} on {v.get('docs')} (validate) | {step} | {tokens:,} | {v['loss_with_soft_prompt']:.3f} | "
               f"{content:.3f} | {v['soft_prompt_spread']:.3f} |")
         series.setdefault((name, Path(str(v.get("docs"))).name), []).append((tokens, content))
