@@ -108,6 +108,38 @@ def test_packed_linear_matches_a_bf16_linear():
         assert torch.allclose(got, want, atol=0.05 * want.abs().max().item())
 
 
+def test_packed_linear_in_float32_gives_the_plain_product():
+    # the path of CPUs without bf16 units: packed float32 weights, a few rows (drafts) and many (prefill)
+    from e2llm.packed import PACKED_MAX_ROWS
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 96)
+    packed = PackedLinear(lin, dtype=torch.float32)
+    assert packed.weight.dtype == torch.float32
+    for rows in (1, 2, 9, PACKED_MAX_ROWS + 1):
+        x = torch.randn(1, rows, 64)
+        assert torch.allclose(packed(x), lin(x), atol=1e-5), rows
+
+
+def test_float32_copy_packs_its_products_and_decodes_the_tokens_of_the_model():
+    import copy
+
+    from e2llm.lean import LeanDecoder
+
+    model = _tiny_causal_lm("llama")
+    lean = LeanDecoder(build_inference_copy(copy.deepcopy(model), lora_on=False, dtype=torch.float32))
+    products = [m for m in lean.modules() if isinstance(m, PackedLinear)]
+    assert products and all(m.weight.dtype == torch.float32 for m in products)  # fused q/k/v and gate/up too
+    plain = LeanDecoder(build_inference_copy(copy.deepcopy(model), lora_on=False, dtype=torch.float32, pack=False))
+    assert not any(isinstance(m, PackedLinear) for m in plain.modules())
+    torch.manual_seed(2)
+    embeds, mask = torch.randn(1, 9, 64), torch.ones(1, 9, dtype=torch.long)
+    s = DecodeSettings(max_new_tokens=16, eos_token_ids=[7], pad_token_id=0, min_new_tokens=16)
+    with torch.no_grad():
+        assert torch.allclose(lean.prefill(embeds, mask, 40), plain.prefill(embeds, mask, 40), atol=1e-4)
+    assert decode(lean, embeds, mask, s).tolist() == decode(plain, embeds, mask, s).tolist()
+
+
 @pytest.mark.skipif(not cpu_has_bf16(), reason="the CPU has no bf16 units")
 def test_encoder_copy_runs_an_exact_gelu_inside_the_packed_product():
     import transformers
@@ -304,3 +336,4 @@ def test_drafted_greedy_decoding_gives_the_tokens_of_one_token_steps_in_fewer_pa
     drafted = decode(lean, embeds, mask, s, prompt_ids=prompt_ids)
     assert drafted.tolist() == plain.tolist()
     assert len(passes) < one_token_passes  # a tiny random model repeats itself: drafts were accepted
+

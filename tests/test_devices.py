@@ -437,4 +437,7 @@ def test_cpu_class_names_the_fastest_path_the_flags_allow():
     assert cpu_class({"avx2", "avx512f"}) == "AVX-512 (no BF16)"
     assert cpu_class({"avx2", "fma"}) == "AVX2 only"
     assert cpu_class({"sse4_2"}) == "no AVX2"
+    # kernels capped (ATEN_CPU_CAPABILITY=avx2): the line names the path that runs, not the chip
+    assert cpu_class({"avx2", "avx512f", "avx512_bf16"}, kernels="AVX2") == "AVX-512 BF16 capped to AVX2 only"
+    assert cpu_class({"avx2", "fma"}, kernels="AVX2") == "AVX2 only"
     assert cpu_line().startswith("CPU: ") and "cores" in cpu_line()

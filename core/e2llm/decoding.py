@@ -11,8 +11,9 @@ Speed: the decoder is memory-bound at one token a step, so :class:`InferenceCopi
 copy of it for inference with the LoRA merged into the weights (no extra adapter matmuls) and,
 where the CPU has bf16 units, in bfloat16 with oneDNN-packed weights for one-row products
 (plain bf16 ``F.linear`` at one row is no faster than float32 on this CPU; the packed product
-is about 2x faster, see docs/speed.md). A Llama-family copy (Llama, SmolLM, Qwen2, Mistral
-without a sliding window) then runs :class:`e2llm.lean.LeanDecoder`, the same arithmetic with
+is about 2x faster, see docs/speed.md); without bf16 units, in float32 with packed weights (plain
+float32 products of 2-9 rows cost twice one row's). A Llama-family copy (Llama, SmolLM, Qwen2,
+Mistral without a sliding window) then runs :class:`e2llm.lean.LeanDecoder`, the same arithmetic with
 fused products and a few hundred fewer small ops a step; other decoders run transformers'
 forward through the same loop. Since a step reads all the weights whether it carries one row or
 nine, a greedy answer on the lean forward also checks up to ``draft_tokens`` tokens copied from
@@ -133,7 +134,9 @@ def build_inference_copy(decoder: nn.Module, lora_on: bool, dtype: torch.dtype, 
         if fuse_gelu:
             _fuse_gelu(plain)
         if pack:
-            _pack_linears(plain)
+            _pack_linears(plain, dtype)
+    elif dtype == torch.float32 and device.type == "cpu" and pack:  # no bf16 units: packed float32
+        _pack_linears(plain, dtype)
     return plain
 
 
@@ -153,11 +156,11 @@ def _fuse_gelu(model: nn.Module) -> None:
             m.dense, m.intermediate_act_fn = PackedLinear(dense, gelu=True), nn.Identity()
 
 
-def _pack_linears(model: nn.Module) -> None:
+def _pack_linears(model: nn.Module, dtype: torch.dtype) -> None:
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is nn.Linear:
-                setattr(parent, name, PackedLinear(child))
+                setattr(parent, name, PackedLinear(child, dtype=dtype))
 
 
 def _make_cache(model: nn.Module, max_len: int, batch: int):

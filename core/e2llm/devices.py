@@ -106,9 +106,15 @@ def _mps_available() -> bool:
 CPU_CLASSES = (("amx_bf16", "AMX"), ("avx512_bf16", "AVX-512 BF16"), ("avx512f", "AVX-512 (no BF16)"), ("avx2", "AVX2 only"))
 
 
-def cpu_class(flags: set[str]) -> str:
-    """The CPU's class from its /proc/cpuinfo flags: the first of CPU_CLASSES it has."""
-    return next((name for flag, name in CPU_CLASSES if flag in flags), "no AVX2")
+def cpu_class(flags: set[str], kernels: str = "AVX512") -> str:
+    """The CPU's class from its /proc/cpuinfo flags: the first of CPU_CLASSES it has. kernels is
+    ATen's CPU capability (torch.backends.cpu.get_cpu_capability()): capped at AVX2 (by
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2) a bigger CPU runs the AVX2-only path, and
+    the line says so, so that such a run is never mistaken for the hardware's own."""
+    name = next((name for flag, name in CPU_CLASSES if flag in flags), "no AVX2")
+    if kernels in ("AVX2", "DEFAULT") and name not in ("AVX2 only", "no AVX2"):
+        return f"{name} capped to AVX2 only"
+    return name
 
 
 def cpu_line() -> str:
@@ -132,4 +138,5 @@ def cpu_line() -> str:
     from .decoding import cpu_has_bf16
 
     bf16 = "bf16 products" if cpu_has_bf16() else "float32 products (no bf16 units)"
-    return f"CPU: {model}, {cpu_class(flags) if flags else 'flags unknown'}, {os.cpu_count()} cores; {bf16}"
+    kind = cpu_class(flags, torch.backends.cpu.get_cpu_capability()) if flags else "flags unknown"
+    return f"CPU: {model}, {kind}, {os.cpu_count()} cores; {bf16}"

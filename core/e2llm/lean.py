@@ -47,7 +47,7 @@ def _fuse(linears: list[nn.Module]) -> nn.Module:
     if fused.bias is not None:
         fused.bias.data.copy_(torch.cat(biases))
     fused.requires_grad_(False)
-    return PackedLinear(fused) if isinstance(linears[0], PackedLinear) else fused
+    return PackedLinear(fused, dtype=weight.dtype) if isinstance(linears[0], PackedLinear) else fused
 
 
 def _rms_norm(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:

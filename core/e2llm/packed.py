@@ -1,4 +1,5 @@
-"""The packed bf16 product (oneDNN) that inference copies use for their Linear layers.
+"""The packed product (oneDNN; bf16, or float32 without bf16 units) that inference copies use for
+their Linear layers.
 
 Its own module so that both :mod:`e2llm.decoding` (which builds the copies) and
 :mod:`e2llm.lean` (which fuses their products) import it from below, never from each other.
@@ -15,15 +16,19 @@ PACKED_MAX_ROWS = 1024
 
 
 class PackedLinear(nn.Module):
-    """A bf16 Linear that keeps a oneDNN-packed copy of its weight for products of up to
-    PACKED_MAX_ROWS rows (decode steps, short prefills) and the plain weight for more.
+    """A bf16 (or float32) Linear that keeps a oneDNN-packed copy of its weight for products of up
+    to PACKED_MAX_ROWS rows (decode steps, short prefills) and the plain weight for more.
     gelu=True also applies the exact (erf) GELU inside the product, at any number of rows: the
-    encoder's feed-forward then skips a pass over its widest activation (docs/speed.md)."""
+    encoder's feed-forward then skips a pass over its widest activation (docs/speed.md).
 
-    def __init__(self, linear: nn.Linear, gelu: bool = False):
+    float32 is for CPUs without bf16 units: there plain F.linear of 2-9 rows (a token and its
+    drafts) cost about twice one row, and the packed weight cut a decode pass's products 1.6x at
+    one row and at two (scripts/research/fp32_packed_products.py, docs/speed.md)."""
+
+    def __init__(self, linear: nn.Linear, gelu: bool = False, dtype: torch.dtype = torch.bfloat16):
         super().__init__()
-        self.weight = nn.Parameter(linear.weight.detach().to(torch.bfloat16), requires_grad=False)
-        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().to(torch.bfloat16), requires_grad=False)
+        self.weight = nn.Parameter(linear.weight.detach().to(dtype), requires_grad=False)
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().to(dtype), requires_grad=False)
         self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.data, 1)
         self.gelu = gelu
 

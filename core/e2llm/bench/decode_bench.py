@@ -46,7 +46,7 @@ def _merged_copy(engine):
     if is_quantized(engine.decoder):  # the comparison is between full-precision copies of the decoder
         raise ConfigError("bench decode compares float32 and bf16 copies of the decoder, which a 4-bit decoder "
                           "cannot make; run it with --quantize none")
-    return build_inference_copy(engine.decoder, True, next(engine.decoder.parameters()).dtype)
+    return build_inference_copy(engine.decoder, True, next(engine.decoder.parameters()).dtype, pack=False)  # plain weights
 
 
 def decode_speed(engine, document_tokens: int = 8192, new_tokens: int = 32, rounds: int = 3) -> dict[str, tuple[float, float]]:
