@@ -337,12 +337,3 @@ def test_drafted_greedy_decoding_gives_the_tokens_of_one_token_steps_in_fewer_pa
     assert drafted.tolist() == plain.tolist()
     assert len(passes) < one_token_passes  # a tiny random model repeats itself: drafts were accepted
 
-
-
-def test_draft_budget_grows_while_drafts_are_taken_and_shrinks_to_what_was_accepted():
-    from e2llm.decoding import next_draft_budget
-
-    assert next_draft_budget(2, drafted=2, accepted=2, most=8) == 4  # taken whole: twice as many
-    assert next_draft_budget(8, drafted=3, accepted=3, most=8) == 8  # never past the most
-    assert next_draft_budget(8, drafted=8, accepted=2, most=8) == 3  # a miss: one more than accepted
-    assert next_draft_budget(8, drafted=8, accepted=0, most=8) == 1  # never below one

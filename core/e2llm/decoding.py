@@ -318,10 +318,9 @@ def _decode_with_drafts(lean: LeanDecoder, logits: torch.Tensor, emitted: _Emitt
     model itself picks, then the first token it picks otherwise; the cache forgets the rest."""
     nxt = emitted.pick(logits)  # (1,)
     going = emitted.put(nxt)
-    budget = draft_tokens
     while going:
         lookup.append(int(nxt))
-        draft = lookup.draft(min(budget, emitted.s.max_new_tokens - len(emitted.out) - 1))
+        draft = lookup.draft(min(draft_tokens, emitted.s.max_new_tokens - len(emitted.out) - 1))
         fed = torch.tensor([[int(nxt)] + draft], device=nxt.device)  # (1, 1 + len(draft))
         rows = lean.extend(fed)[0] if draft else lean.step(nxt)  # (1 + len(draft), V)
         accepted = 0
@@ -333,14 +332,3 @@ def _decode_with_drafts(lean: LeanDecoder, logits: torch.Tensor, emitted: _Emitt
             lookup.append(draft[j])
             accepted += 1
         lean.rewind(len(draft) - accepted)
-        if draft:
-            budget = next_draft_budget(budget, len(draft), accepted, draft_tokens)
-
-
-def next_draft_budget(budget: int, drafted: int, accepted: int, most: int) -> int:
-    """Tokens to draft next after a pass that accepted ``accepted`` of ``drafted``: twice as many
-    after a draft taken whole (an answer copying a span), one more than were accepted after a
-    miss. Each drafted token is one more position in the pass: free where the weights' reads
-    bound a pass (bf16), not where products do (float32 on AVX2-only CPUs, where 8 missed drafts
-    a pass made text that copies little 1.2x slower than one token a pass)."""
-    return min(most, 2 * budget) if accepted == drafted else max(1, accepted + 1)
