@@ -64,6 +64,7 @@ def test_ask_and_info(tiny_checkpoint, tmp_path):
     assert streamed.returncode == 0 and streamed.stdout == proc.stdout
     info = run("info", "--checkpoint", tiny_checkpoint, "--context", doc)
     assert info.returncode == 0 and b"compression" in info.stdout and b"trainable" in info.stdout
+    assert b"CPU: " in info.stdout and b"decoding: " in info.stdout and b"ranking: " in info.stdout  # the path of each stage
 
 
 @pytest.mark.parametrize("content, needle", [

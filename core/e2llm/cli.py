@@ -84,8 +84,12 @@ def cmd_info(args) -> int:
 
     if engine.device.type == "cpu":  # which path each stage takes on this machine
         fast = engine._encoder_copy_pays()
-        print(f"{cpu_line()}; encoder passes: {'a bf16 copy' if fast else 'float32'}; decoding: "
-              f"{'a bf16 lean copy' if engine.fast_decode and fast else 'float32'}")
+        decoding = ("float32 (exact)" if not engine.fast_decode else "a bf16 lean copy" if fast
+                    else "a packed float32 lean copy")
+        n = engine.config.ranker_candidates
+        ranking = f"BM25 picks {n} candidate chunks, the encoder ranks them" if n else "the encoder ranks every chunk"
+        print(f"{cpu_line()}; encoder passes: {'a bf16 copy' if fast else 'float32'}; decoding: {decoding}; "
+              f"ranking: {ranking}")
     for f, text in docs:
         print(f"{f}: {reading_plan(engine, engine.chunk(text))}")
     return 0
