@@ -76,6 +76,8 @@ def main() -> int:
     for (name, docs), pts in series.items():
         pts.sort()
         ax2.plot(*zip(*pts), "s-" if "machine" in docs else "^--", color=colour.get(name), label=f"{name}, {docs}")
+    if series:
+        ax2.axhline(1.0, color="black", ls=":", lw=0.8, label="issue 32's target (1.0)")
     ax.set_title("held-out windows of the training kinds (trainer)", fontsize=10)
     ax2.set_title("text of kinds never trained on (e2llm validate --docs)", fontsize=10)
     for a in (ax, ax2):
