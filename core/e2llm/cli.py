@@ -80,11 +80,16 @@ def cmd_info(args) -> int:
     print(engine.config.to_json())
     print(f"parameters: {counts['total']:,} total, {counts['trainable']:,} trainable")
     print(f"decoder window: {engine.window_tokens} tokens; trained checkpoint: {engine.config.trained}")
+    import torch  # loaded with the engine already
+
+    from .decoding import fast_dtype
     from .devices import cpu_line
 
     if engine.device.type == "cpu":  # which path each stage takes on this machine
         fast = engine._encoder_copy_pays()
-        decoding = ("float32 (exact)" if not engine.fast_decode else "a bf16 lean copy" if fast
+        # the decoder's own rule (InferenceCopies), not the encoder's: autocast_encoder=False leaves decoding in bf16
+        bf16 = fast_dtype(engine.device, next(engine.decoder.parameters()).dtype) == torch.bfloat16
+        decoding = ("float32 (exact)" if not engine.fast_decode else "a bf16 lean copy" if bf16
                     else "a packed float32 lean copy")
         n = engine.config.ranker_candidates
         ranking = f"BM25 picks {n} candidate chunks, the encoder ranks them" if n else "the encoder ranks every chunk"
