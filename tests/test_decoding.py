@@ -336,4 +336,3 @@ def test_drafted_greedy_decoding_gives_the_tokens_of_one_token_steps_in_fewer_pa
     drafted = decode(lean, embeds, mask, s, prompt_ids=prompt_ids)
     assert drafted.tolist() == plain.tolist()
     assert len(passes) < one_token_passes  # a tiny random model repeats itself: drafts were accepted
-

@@ -129,13 +129,13 @@ def build_inference_copy(decoder: nn.Module, lora_on: bool, dtype: torch.dtype, 
     plain = plain.to(dtype).eval()
     for p in plain.parameters():
         p.requires_grad_(False)
-    device = next(plain.parameters()).device
-    if dtype == torch.bfloat16 and device.type == "cpu" and cpu_has_bf16():
-        if fuse_gelu:
-            _fuse_gelu(plain)
-        if pack:
-            _pack_linears(plain, dtype)
-    elif dtype == torch.float32 and device.type == "cpu" and pack:  # no bf16 units: packed float32
+    on_cpu = next(plain.parameters()).device.type == "cpu"
+    bf16 = dtype == torch.bfloat16 and on_cpu and cpu_has_bf16()
+    if bf16 and fuse_gelu:
+        _fuse_gelu(plain)
+    # oneDNN packs bf16 where the CPU has bf16 units, and float32 anywhere (the fast copy's dtype
+    # on CPUs without them)
+    if pack and (bf16 or (dtype == torch.float32 and on_cpu)):
         _pack_linears(plain, dtype)
     return plain
 
