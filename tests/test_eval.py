@@ -47,6 +47,15 @@ def test_contains_and_choice():
     assert metrics.score("choice", "green frog", [], choices, 2) == 1.0
 
 
+def test_abstain_recognises_the_usual_ways_of_saying_the_document_does_not_hold_it():
+    for said in ("The document does not say.", "The text doesn't mention the secret code.",
+                 "There is no information about the brave otter.", "It is not specified in the document.",
+                 "I cannot find that in the document.", "Unknown."):
+        assert metrics.score("abstain", said, ["The document does not say."]) == 1.0, said
+    for answer in ("The secret code of the otter is 4444865.", "Paris", "It says the code is 12 (not 13)."):
+        assert metrics.score("abstain", answer, ["The document does not say."]) == 0.0, answer
+
+
 def test_wilson_interval():
     low, high = metrics.wilson_interval(0, 10)
     assert low == 0.0 and high == pytest.approx(0.2775, abs=1e-4)

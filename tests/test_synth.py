@@ -29,6 +29,7 @@ from e2llm.train.synth import (
     DEFAULT_KINDS,
     MIN_TWO_CHUNK_GAP,
     QA_KINDS,
+    UNANSWERABLE,
     _insert_sentences,
     make_qa_samples,
     make_reconstruction_texts,
@@ -124,7 +125,7 @@ def test_samples_have_the_paper_format_and_answers_in_context(samples: list[dict
     assert {s["kind"] for s in samples} == set(QA_KINDS)
     for s in samples:
         assert all(isinstance(s[k], str) and s[k] for k in ("context", "prompt", "answer"))
-        if s["kind"] != "topic":
+        if s["kind"] not in ("topic", "unanswerable"):
             assert s["answer"] in s["context"]
         for offset, fact in zip(s["meta"]["fact_offsets"], s["meta"]["facts"], strict=True):
             assert s["context"].startswith(fact, offset)
@@ -195,6 +196,29 @@ def test_mention_lists_four_names_of_which_only_the_answer_appears(corpus: list[
         assert len(set(choices)) == 4 and all(c in s["prompt"] for c in choices)
         assert [context.count(c) for c in choices] == [int(c == s["answer"]) for c in choices]
     assert all(len(s["context"].split()) <= 96 for s in short)
+
+
+def test_real_fact_blanks_a_word_its_own_sentence_states_once(samples: list[dict]) -> None:
+    for s in by_kind(samples, "real_fact"):
+        (sentence,) = s["meta"]["facts"]
+        (offset,) = s["meta"]["fact_offsets"]
+        assert s["context"].startswith(sentence, offset)  # the text's own sentence, nothing inserted
+        cloze = re.search(r'"(.*)"\?$', s["prompt"]).group(1)
+        assert cloze.count("___") == 1 and " ".join(sentence.split()) == cloze.replace("___", s["answer"])
+        word = re.compile(r"(?<![A-Za-z0-9])" + re.escape(s["answer"].lower()) + r"(?![A-Za-z0-9])")
+        assert len(word.findall(s["context"].lower())) == 1  # one answer, in one place
+        assert 8 <= len(sentence.split()) <= 40
+
+
+def test_unanswerable_asks_about_an_entity_the_context_never_names(samples: list[dict]) -> None:
+    found = by_kind(samples, "unanswerable")
+    for s in found:
+        entity = re.search(r" of the (.+)\?$", s["prompt"]).group(1)
+        assert s["answer"] == UNANSWERABLE and entity.lower() not in s["context"].lower()
+        for offset, fact in zip(s["meta"]["fact_offsets"], s["meta"]["facts"], strict=True):  # another's fact
+            assert s["context"].startswith(fact, offset) and entity not in fact
+    more = make_qa_samples(load_corpus(), 12, seed=5, context_tokens=600, kinds=["unanswerable"])
+    assert 0 < sum(bool(s["meta"]["facts"]) for s in found + more) < len(found + more)  # with and without a distractor
 
 
 def test_samples_are_deterministic_and_seed_dependent(corpus: list[Document], samples: list[dict]) -> None:

@@ -15,7 +15,9 @@ TASKS = ("single_fact", "multi_fact", "two_chunk", "aggregation", "topic")
 # Asked for by name only (--tasks mention): which of four names the document mentions, a probe
 # of what the soft prompts carry at short lengths rather than a long-document task.
 # reworded_fact: single_fact's needle, stated and asked in words the training templates never use.
-OPT_IN_TASKS = ("mention", "reworded_fact")
+# real_fact: a word the real text states once, asked as the blank of its own sentence (nothing
+# inserted); unanswerable: a fact about an entity the document never names (right = abstaining).
+OPT_IN_TASKS = ("mention", "reworded_fact", "real_fact", "unanswerable")
 KNOWN_TASKS = TASKS + OPT_IN_TASKS
 
 DEFAULT_LENGTHS = (2048, 4096, 8192, 16384, 32768, 65536)

@@ -10,6 +10,9 @@ Which metric a task uses (``METRIC_BY_TASK`` in :mod:`e2llm.eval.tasks`):
 - ``f1``: token F1 (SQuAD), best over the reference answers. In [0, 1].
 - ``rougeL``: ROUGE-L F1 on normalised tokens (longest common subsequence), best over the
   references. In [0, 1].
+- ``abstain``: the output says the document does not hold the answer ("does not say", "not
+  mentioned", "no information", ...), in any of the usual wordings, so a reader not trained on
+  e2llm's phrase is not penalised for its own (unanswerable). Binary.
 
 Binary metrics get a 95% Wilson interval; graded ones the mean +- 1.96 standard errors.
 """
@@ -21,8 +24,8 @@ import string
 from collections import Counter
 from typing import Optional, Sequence
 
-METRICS = ("contains", "choice", "em", "f1", "rougeL")
-BINARY_METRICS = frozenset({"contains", "choice", "em"})
+METRICS = ("contains", "choice", "em", "f1", "rougeL", "abstain")
+BINARY_METRICS = frozenset({"contains", "choice", "em", "abstain"})
 LETTERS = "ABCDEFGHIJ"
 Z_95 = 1.959963984540054
 
@@ -130,6 +133,20 @@ def choice_correct(prediction: str, choices: Sequence[str], answer_index: int, l
     return float(predict_choice(prediction, choices, letters) == answer_index)
 
 
+# "The document does not say." and the ways instruct models put it.
+_ABSTENTION = re.compile(
+    r"\b(?:does not|doesn't|do not|don't|did not|didn't|cannot|can't|could not|couldn't|unable to)\s+"
+    r"(?:\w+\s+){0,3}?(?:say|state|mention|specify|contain|include|provide|find|know|determine|answer|tell)"
+    r"|\bnot\s+(?:\w+\s+)?(?:mentioned|stated|specified|given|provided|found|known|available|included)"
+    r"|\bno\s+(?:\w+\s+)?(?:information|mention|answer|data|record|details?)\b|\bunknown\b",
+    re.IGNORECASE)
+
+
+def abstains(prediction: str, answers: Sequence[str] = ()) -> float:
+    """1.0 if the output says the answer is not in the document (``answers`` unused)."""
+    return float(bool(_ABSTENTION.search(str(prediction))))
+
+
 def score(metric: str, prediction: str, answers: Sequence[str], choices: Optional[Sequence[str]] = None,
           answer_index: Optional[int] = None, letters: bool = False) -> float:
     """The item's score under ``metric`` (1/0 for binary metrics, [0, 1] otherwise)."""
@@ -137,7 +154,8 @@ def score(metric: str, prediction: str, answers: Sequence[str], choices: Optiona
         if not choices or answer_index is None:
             raise ValueError("the choice metric needs choices and the index of the right one")
         return choice_correct(prediction, choices, answer_index, letters)
-    functions = {"contains": contains_answer, "em": exact_match, "f1": token_f1, "rougeL": rouge_l}
+    functions = {"contains": contains_answer, "em": exact_match, "f1": token_f1, "rougeL": rouge_l,
+                 "abstain": abstains}
     if metric not in functions:
         raise ValueError(f"unknown metric {metric!r}; choose from {METRICS}")
     return functions[metric](prediction, answers)

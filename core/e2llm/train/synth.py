@@ -9,8 +9,11 @@ guessed from world knowledge: the model has to read the (compressed) context.
 Kinds: ``single_fact`` (a RULER-style needle at a controlled depth), ``two_chunk`` (two
 facts at least 40% of the context apart, both needed), ``topic`` (which title the context
 covers), ``multi_fact`` (several needles, one asked: multi-key), ``aggregation`` (the
-most often mentioned of several names) and ``mention`` (which of four names the context
-mentions once: the smallest question about content, answerable from one chunk).
+most often mentioned of several names), ``mention`` (which of four names the context
+mentions once: the smallest question about content, answerable from one chunk),
+``real_fact`` (a word the real text states once, asked as the blank of its own sentence:
+nothing inserted) and ``unanswerable`` (a fact about an entity the context never names,
+next to one about another entity; the answer is :data:`UNANSWERABLE`).
 
 Sample ``i`` of seed ``s`` is drawn from its own ``random.Random(f"{s}:{i}")``: it does not
 depend on ``num_samples`` and never on the global RNG. Contexts use only the documents
@@ -33,8 +36,10 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 from .corpus import Document, OnError, PathLike, check_on_error, iter_jsonl_records, report_data_error
 
 DEFAULT_KINDS = ("single_fact", "two_chunk", "topic")
-QA_KINDS = ("single_fact", "two_chunk", "topic", "multi_fact", "aggregation", "mention")
-FACT_KINDS = frozenset({"single_fact", "two_chunk", "multi_fact", "aggregation", "mention"})
+QA_KINDS = ("single_fact", "two_chunk", "topic", "multi_fact", "aggregation", "mention", "real_fact", "unanswerable")
+FACT_KINDS = frozenset({"single_fact", "two_chunk", "multi_fact", "aggregation", "mention", "real_fact"})
+# What a reader trained on ``unanswerable`` says when the document does not hold the answer.
+UNANSWERABLE = "The document does not say."
 MIN_TWO_CHUNK_GAP = 0.4  # fraction of the context between the two facts of a two_chunk sample
 _MIN_WORDS_PER_DOC = 40
 _NUM_TOPIC_CHOICES = 4
@@ -446,9 +451,67 @@ def _mention(request: _Request) -> dict[str, Any]:
     return _sample("mention", context, prompt, names[0], filler, request.pool, meta)
 
 
+# A real sentence fit to be asked about: it starts a line or follows a sentence end, a colon or
+# a list bullet, may wrap over single line breaks, and holds 8-40 words.
+_SENTENCE = re.compile(r"(?:^|(?<=[.!?:*]\s)|(?<=\n))[A-Z](?:[^\n]|\n(?!\n)){30,300}?[.!?](?=\s|$)")
+_NOT_PROSE = re.compile(r"[<>@|{}=\\]")
+_CLOZE_WORD = re.compile(r"(?<![\w./-])(?:\d[\d,.]*\d|\d{2,}|[A-Z][a-z]{2,}\w*|[a-z]{8,})(?![\w/-])")
+
+
+def _real_fact(request: _Request) -> dict[str, Any]:
+    """A word the real text states exactly once (a number, a name or a long word, not the
+    sentence's first), asked as the blank of its own sentence. Nothing is inserted: the fact
+    is the text's, in its words; only the question's frame is fixed."""
+    rng = request.rng
+    for _ in range(8):  # a filler of tables or code may have no askable sentence: draw another
+        filler = _build_filler(request, reserve_words=0)
+        haystack = filler.text.lower()
+        candidates = []
+        for m in _SENTENCE.finditer(filler.text):
+            sentence = m.group(0)
+            words = sentence.split()
+            # prose, not an address line, a table row or code: mostly words of letters
+            if not 8 <= len(words) <= 40 or _NOT_PROSE.search(sentence) or \
+                    sum(w.strip(".,;:!?()\"'").isalpha() for w in words) < 2 * len(words) / 3:
+                continue
+            for w in _CLOZE_WORD.finditer(sentence, 1):
+                if _mentions(haystack, w.group(0)) == 1:
+                    candidates.append((m.start(), sentence, w))
+        if candidates:
+            break
+    else:
+        raise ValueError("no sentence in the drawn text states a word only once; pass documents with prose")
+    offset, sentence, word = rng.choice(candidates)
+    cloze = " ".join(f"{sentence[:word.start()]}___{sentence[word.end():]}".split())
+    prompt = f'Which word is missing from this sentence of the document: "{cloze}"?'
+    meta = {"depth": offset / max(len(filler.text), 1), "fact_offsets": [offset], "facts": [sentence]}
+    return _sample("real_fact", filler.text, prompt, word.group(0), filler, request.pool, meta)
+
+
+def _unanswerable(request: _Request) -> dict[str, Any]:
+    """single_fact's question about an entity the context never names. Half the time the
+    context holds the same attribute of another entity, so "find a fact sentence" is not
+    enough: the reader must check whose fact it is, and say so when it is nobody's asked."""
+    rng = request.rng
+    filler = _build_filler(request, reserve_words=12)
+    haystack, taken = filler.text.lower(), set()
+    asked = _fresh(rng, _entity, haystack, taken)
+    attribute, value = _attribute_and_value(rng, haystack, taken)
+    facts, offsets, context, depth = [], [], filler.text, None
+    if rng.random() < 0.5:
+        other = _fresh(rng, _entity, haystack, taken)
+        depth = request.depth if request.depth is not None else rng.random()
+        facts = [f"The {attribute} of the {other} is {value}."]
+        context, offsets = _insert_sentences(filler.text, [(depth, facts[0])])
+    assert not _mentions(context.lower(), asked)
+    return _sample("unanswerable", context, f"What is the {attribute} of the {asked}?", UNANSWERABLE,
+                   filler, request.pool, {"depth": depth, "fact_offsets": offsets, "facts": facts})
+
+
 _BUILDERS: dict[str, Callable[[_Request], dict[str, Any]]] = {
     "single_fact": _single_fact, "two_chunk": _two_chunk, "topic": _topic,
     "multi_fact": _multi_fact, "aggregation": _aggregation, "mention": _mention,
+    "real_fact": _real_fact, "unanswerable": _unanswerable,
 }
 
 
