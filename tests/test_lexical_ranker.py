@@ -41,6 +41,16 @@ def test_the_encoder_ranks_only_the_candidates(make_tiny_engine):
     assert set(two_pass[:3]) == set(lexical[:3]) and two_pass[3:] == lexical[3:]
 
 
+def test_ranker_bm25_ranks_every_chunk_without_an_encoder_pass(make_tiny_engine):
+    engine = make_tiny_engine()
+    chunks = engine.chunk(" ".join(TEXTS * 6))
+    engine.config.ranker = "bm25"
+    engine.ranking_vectors = lambda texts: pytest.fail("the encoder ranked chunks")
+    order = engine.rank_chunks("When was the museum in Tallberg founded?", chunks)
+    assert order == lexical_order("When was the museum in Tallberg founded?", [c.text for c in chunks], 0)
+    assert sorted(order) == list(range(len(chunks))) and "Tallberg" in chunks[order[0]].text
+
+
 def test_missing_bm25s_is_one_line_with_the_install_hint(monkeypatch):
     import builtins
 

@@ -1,6 +1,7 @@
 """Trainer: objectives, schedule, data order, faults (SIGKILL + resume), and two-process DDP / FSDP."""
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -155,6 +156,19 @@ def test_training_lowers_the_loss_and_writes_a_loadable_model(tiny_backbones, tm
     assert model.config.trained
     kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert kept == ["step-000022", "step-000024", "step-000025"]  # keep_last = 3
+
+
+def test_a_run_from_init_from_keeps_its_weights_config_but_applies_and_saves_the_reading_options_it_sets(
+        tiny_backbones, tmp_path):
+    first = Trainer(tiny_train_config(tiny_backbones, tmp_path / "a", max_steps=2), data=tiny_data()).train()
+    raw = tiny_train_config(tiny_backbones, tmp_path / "b", max_steps=2).model_dump(mode="json")
+    model = {"ranker": "bm25", "raw_top_n": 2, "adapter": {**raw["model"]["adapter"], "num_heads": 1}}
+    cfg = TrainConfig.model_validate({**raw, "init_from": str(first), "model": model})
+    trainer = Trainer(cfg, data=tiny_data())
+    assert (trainer.engine.config.ranker, trainer.engine.config.raw_top_n) == ("bm25", 2)
+    assert trainer.engine.config.adapter == E2LLM.from_pretrained(first).config.adapter  # weights' shape: the checkpoint's
+    saved = E2LLM.from_pretrained(trainer.train()).config
+    assert (saved.ranker, saved.raw_top_n, saved.ranker_candidates) == ("bm25", 2, None)
 
 
 def test_reconstruction_can_be_kept_from_the_decoder_lora(tiny_backbones, tmp_path):
@@ -579,6 +593,23 @@ def test_long_qa_samples_are_added_without_changing_the_short_ones():
     assert all(len(s.context.split()) > 5 * max(len(t.context.split()) for t in short) for s in both[3:])
 
 
+def test_builtin_qa_can_draw_its_contexts_from_a_folder(tmp_path):
+    from e2llm.train.config import DataConfig
+    from e2llm.train.data import build_data
+
+    words = "granite harbour lantern meadow orchard pebble quarry saddle thimble velvet".split()
+    for d in range(12):  # documents of words no Python doc holds, so a context shows where it came from
+        text = " ".join(f"{words[(d + i) % 10]}{d}" for i in range(300))
+        (tmp_path / f"doc{d}.txt").write_text(f"Doc {d}\n\n{text}.", encoding="utf-8")
+    builtin = {"paths": [str(tmp_path)], "num_qa_train": 4, "num_qa_val": 1, "num_recon_train": 0,
+               "num_recon_val": 0, "qa_context_tokens": [200, 300], "qa_kinds": ["unanswerable"]}
+    data = build_data(DataConfig.model_validate({"builtin": builtin}), "Repeat.")
+    assert len(data.reason_train) == 4 and len(data.reason_val) == 1
+    for sample in data.reason_train + data.reason_val:
+        assert re.search(r"(granite|harbour|lantern|meadow|orchard|pebble|quarry|saddle|thimble|velvet)\d", sample.context)
+        assert "def " not in sample.context and sample.answer == "The document does not say."
+
+
 def test_spread_term_pushes_a_collapsing_adapter_apart(make_tiny_engine):
     """objective.min_spread: the penalty is max(0, min_spread - spread) of the micro-batch's
     soft prompts; a step against its gradient spreads them; no penalty without gradients."""
@@ -643,6 +674,10 @@ def test_tokenized_samples_are_cached_by_data_tokenizers_and_chunking(make_tiny_
     assert cache_key(engine, samples[:-1]) != key
     assert cache_key(make_tiny_engine(chunking={"tokens_per_chunk": 12}), samples) != key
     assert cache_key(make_tiny_engine(adapter={"tokens_per_chunk": 2}), samples) != key
+    hybrid = samples + [Sample("reason", TEXTS[0] * 3, "What does the fox hunt?", "night", raw_top_n=2)]
+    bm25 = make_tiny_engine()
+    bm25.config.ranker = "bm25"  # another ranker picks other raw chunks for the hybrid sample
+    assert cache_key(bm25, hybrid) != cache_key(engine, hybrid) and cache_key(bm25, samples) == key
 
 
 def test_a_step_is_collated_ahead_by_workers_as_in_process(tiny_backbones, tmp_path):

@@ -92,7 +92,8 @@ def cmd_info(args) -> int:
         decoding = ("float32 (exact)" if not engine.fast_decode else "a bf16 lean copy" if bf16
                     else "a packed float32 lean copy")
         n = engine.config.ranker_candidates
-        ranking = f"BM25 picks {n} candidate chunks, the encoder ranks them" if n else "the encoder ranks every chunk"
+        ranking = ("BM25 alone" if engine.config.ranker == "bm25" else
+                   f"BM25 picks {n} candidate chunks, the encoder ranks them" if n else "the encoder ranks every chunk")
         print(f"{cpu_line()}; encoder passes: {'a bf16 copy' if fast else 'float32'}; decoding: {decoding}; "
               f"ranking: {ranking}")
     for f, text in docs:

@@ -135,6 +135,10 @@ class E2LLMConfig(_Strict):
     ranker_candidates: Optional[int] = Field(
         None, ge=1, description="rank chunks in two passes: BM25 (the bm25s package) picks this many candidates, the "
         "encoder ranks only those; None: the encoder reads every chunk (issue 35: its pass dominates on CPUs)")
+    ranker: Literal["encoder", "bm25"] = Field(
+        "encoder", description="what ranks chunks for hybrid reading: the encoder's vectors (after BM25's first pass "
+        "when ranker_candidates is set), or BM25 alone: no encoder pass, for an encoder whose mean-pooled states "
+        "are no sentence embedding (encoder.name_or_path: decoder)")
     trained: bool = Field(False, description="False until a trainer wrote the weights")
 
     def soft_prompts_skipped(self, context_tokens: int) -> bool:

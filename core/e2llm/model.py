@@ -523,9 +523,12 @@ class E2LLM(GenerationMixin, nn.Module):
 
     def rank_chunks(self, question: str, chunks: Sequence[Chunk]) -> list[int]:
         """Chunk indices, most similar to the question first. With config.ranker_candidates the
-        encoder ranks only the chunks BM25 puts first; the rest follow in BM25's order."""
+        encoder ranks only the chunks BM25 puts first; the rest follow in BM25's order. With
+        config.ranker "bm25", BM25 alone ranks them all."""
         if not chunks:
             return []
+        if self.config.ranker == "bm25":
+            return lexical_order(question, [c.text for c in chunks], 0)
         pool = lexical_order(question, [c.text for c in chunks], self.config.ranker_candidates)
         pool = list(range(len(chunks))) if pool is None else pool
         head = pool[: self.config.ranker_candidates or len(pool)]  # what the encoder ranks

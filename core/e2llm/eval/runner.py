@@ -161,6 +161,8 @@ def settings_signature(system: str, ck: Checkpoint, label: str, settings: System
                 parts[key] = getattr(ck.engine.config, key)
     if ck.engine.config.ranker_candidates is not None and system in NEEDS_RETRIEVAL:  # a BM25 first pass ranks
         parts["ranker_candidates"] = ck.engine.config.ranker_candidates
+    if ck.engine.config.ranker != "encoder" and system in NEEDS_RETRIEVAL:
+        parts["ranker"] = ck.engine.config.ranker
     parts["model"] = ck.engine.config.decoder.name_or_path if label == BASE_LABEL else ck.identity
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
 

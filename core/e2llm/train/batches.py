@@ -126,6 +126,8 @@ def cache_key(engine, samples: Sequence[Sample]) -> str:
     c = engine.config
     h.update(json.dumps({"format": FORMAT, "chunking": c.chunking.model_dump(mode="json"), "prompt": c.prompt.model_dump(mode="json"),
                          "k": c.adapter.tokens_per_chunk, "encoder": c.encoder.name_or_path}, sort_keys=True).encode())
+    if any(x.raw_top_n for x in samples) and (c.ranker != "encoder" or c.ranker_candidates is not None):
+        h.update(json.dumps([c.ranker, c.ranker_candidates]).encode())  # they pick hybrid samples' raw chunks
     for tok in (engine.encoder_tokenizer, engine.decoder_tokenizer):
         backend = getattr(tok, "backend_tokenizer", None)
         if backend is not None:  # its JSON, less the truncation/padding state that calls leave in it

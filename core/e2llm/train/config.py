@@ -15,8 +15,12 @@ VAL_FRACTION = 0.1
 
 
 class BuiltinData(_Strict):
-    """The offline corpus (Python's own documentation) as QA and reconstruction samples."""
+    """The offline corpus (Python's own documentation), or the documents under ``paths``, as
+    QA and reconstruction samples."""
 
+    # Folders of .txt/.md (or JSONL with 'text') the QA contexts are drawn from, split 9:1 into
+    # training and validation documents as recon_paths are; empty: Python's documentation.
+    paths: list[str] = Field(default_factory=list)
     num_qa_train: int = Field(1200, ge=0)
     num_qa_val: int = Field(24, ge=0)
     num_recon_train: int = Field(4000, ge=0)
@@ -110,10 +114,16 @@ class ObjectiveConfig(_Strict):
     spread_weight: float = Field(1.0, ge=0)
 
 
+# How a checkpoint reads (not what its weights are): a run from init_from may set these in `model`,
+# e.g. the ranker that picks the raw chunks of its hybrid QA samples, which its checkpoints keep.
+READING_KEYS = ("raw_top_n", "ranker", "ranker_candidates", "soft_prompts_min_tokens", "soft_prompts_max_tokens")
+
+
 class TrainConfig(_Strict):
     model: E2LLMConfig = Field(default_factory=E2LLMConfig)
     init_from: Optional[str] = Field(None, description="checkpoint to start from (its config replaces `model`, "
-                                     "except model.decoder.quantization: how this run stores the base)")
+                                     "except model.decoder.quantization: how this run stores the base, and the "
+                                     "reading options READING_KEYS that `model` sets: they apply and are saved)")
     trainable: Literal["adapter", "adapter+encoder_lora", "all"] = "all"
     data: DataConfig = Field(default_factory=DataConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)

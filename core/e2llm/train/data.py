@@ -116,7 +116,8 @@ def build_data(cfg: DataConfig, recon_prompt: str, continue_prompt: str = "Conti
         cv += recon_samples(make_reconstruction_texts(va, n_val, 1, 40), recon_prompt) if va else []
     b = cfg.builtin
     if b is not None:
-        train_docs, val_docs = split_documents(load_corpus(), SPLIT_SEED, VAL_FRACTION)
+        docs = list(iter_text_files(b.paths, cfg.on_error)) if b.paths else load_corpus()
+        train_docs, val_docs = split_documents(docs, SPLIT_SEED, VAL_FRACTION)
         rt += _hybrid(make_qa_samples(train_docs, b.num_qa_train, b.seed, b.qa_context_tokens, b.qa_kinds),
                       b.hybrid_fraction, b.hybrid_top_n, b.seed)
         rv += _hybrid(make_qa_samples(val_docs, b.num_qa_val, b.seed + 1, b.qa_context_tokens, b.qa_kinds), 0.0, 0, b.seed)

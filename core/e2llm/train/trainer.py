@@ -36,7 +36,7 @@ from ..errors import ConfigError, InputError, TrainingError
 from ..model import E2LLM
 from ..softprompts import soft_prompt_spread, spread
 from ..splice import IGNORE_INDEX
-from .config import TrainConfig, config_differences
+from .config import READING_KEYS, TrainConfig, config_differences
 from ..model import _bf16_autocast
 from .batches import (StepBatches, Tokenized, _join, cache_key, cached_tokenize, collate, default_cache_dir, fits, raw_passages,  # noqa: F401
                       to_device, tokenize)
@@ -324,6 +324,10 @@ class Trainer:
             # except a 4-bit decoder: bitsandbytes quantizes it as it loads onto the GPU
             load = dict(dtype=dt, quantization=quantization, device=self.device if quantization != "none" else None)
             engine = E2LLM.from_pretrained(cfg.init_from, **load) if cfg.init_from else E2LLM.build(cfg.model, **load)
+            if cfg.init_from:
+                for key in READING_KEYS:
+                    if key in cfg.model.model_fields_set:
+                        setattr(engine.config, key, getattr(cfg.model, key))
         self.engine = engine
         fsdp = dist.is_initialized() and cfg.parallelism == "fsdp"
         if fsdp:  # everything but the decoder's layers now; shard_decoder moves each layer as it splits it
