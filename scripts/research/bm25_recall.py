@@ -1,8 +1,9 @@
 """Issue 35 part 2: does a BM25 first pass (config.ranker_candidates) keep the ranker's recall?
 On held-out synthetic items whose answer sits in some chunk (Python's held-out docs, and with
 --docs a folder of text unlike the training corpus), how often a chunk holding the answer is in
-the top 3, for the encoder alone and for BM25's N candidates reranked by the encoder; and the
-process CPU seconds of ranking (the encoder's pass, from an empty cache each time).
+the top 3, for the encoder alone, for BM25's N candidates reranked by the encoder, and for BM25
+alone (config.ranker "bm25"); and the process CPU seconds of ranking (the encoder's pass, from
+an empty cache each time).
 
     python scripts/research/bm25_recall.py [--docs runs/machine-docs] [--length 8192] [--items 30] [--candidates 16 32 64]
 """
@@ -31,8 +32,8 @@ def main() -> int:
     print(cpu_line())
     print(f"{len(pool)} items at {args.length} tokens from {args.docs or 'held-out Python docs'}; top {engine.config.raw_top_n}")
     print("| ranking | recall@3 | CPU s per question (ranking, empty cache) |\n|---|---:|---:|")
-    for n in [None, *args.candidates]:
-        engine.config.ranker_candidates = n
+    for n in [None, *args.candidates, "bm25"]:
+        engine.config.ranker, engine.config.ranker_candidates = ("bm25", None) if n == "bm25" else ("encoder", n)
         hits = total = 0
         cpu = 0.0
         for item in pool:
@@ -46,7 +47,8 @@ def main() -> int:
             cpu += time.process_time() - t
             total += 1
             hits += bool(relevant & set(top))
-        name = "encoder over every chunk" if n is None else f"BM25 top {n}, encoder reranks"
+        name = ("encoder over every chunk" if n is None else "BM25 alone (ranker: bm25)" if n == "bm25"
+                else f"BM25 top {n}, encoder reranks")
         print(f"| {name} | {hits}/{total} | {cpu / max(1, total):.3f} |")
     return 0
 
