@@ -527,7 +527,7 @@ class E2LLM(GenerationMixin, nn.Module):
         config.ranker "bm25", BM25 alone ranks them all."""
         if not chunks:
             return []
-        if self.config.ranker == "bm25":
+        if self.config.ranker == "bm25":  # candidates=0: every chunk in BM25's order, whatever their number
             return lexical_order(question, [c.text for c in chunks], 0)
         pool = lexical_order(question, [c.text for c in chunks], self.config.ranker_candidates)
         pool = list(range(len(chunks))) if pool is None else pool

@@ -35,7 +35,8 @@ from .grid import (DEFAULT_DEPTHS, DEFAULT_ITEMS, DEFAULT_LENGTHS, EVAL_SEED, KN
                    QUICK_DEPTHS, QUICK_ITEMS, QUICK_LENGTHS, TASKS, format_length, parse_length)
 from .metrics import LETTERS, METRICS
 
-DEPTH_TASKS = frozenset({"single_fact", "reworded_fact"})  # (real_fact's depth is where its sentence is)  # needle placed at each grid depth (the heat map)
+# needle placed at each grid depth (the heat map); real_fact's depth is where its sentence happens to be
+DEPTH_TASKS = frozenset({"single_fact", "reworded_fact"})
 METRIC_BY_TASK = {"single_fact": "contains", "multi_fact": "contains", "two_chunk": "contains",
                   "aggregation": "choice", "topic": "choice", "mention": "choice", "reworded_fact": "contains",
                   "real_fact": "contains", "unanswerable": "abstain"}
