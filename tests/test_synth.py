@@ -210,6 +210,40 @@ def test_real_fact_blanks_a_word_its_own_sentence_states_once(samples: list[dict
         assert 8 <= len(sentence.split()) <= 40
 
 
+STRUCTURED_DOCS = [  # as folder_documents reads /usr/share/doc: leading spaces and double spaces normalised
+    Document("changelog", "changelog", "\n\n".join([
+        "tallpkg (2.1-1) unstable; urgency=medium", "* New upstream release.\n* Drop an old patch.",
+        "-- Ida Varga <ida@example.org> Tue, 20 Sep 2022 12:17:15 -0400",
+        "tallpkg (2.0-3) unstable; urgency=low", "* Fix the build on arm64.",
+        "-- Ada Moss <ada@example.org> Sat, 10 Apr 2021 15:55:15 +0200"]), "test"),
+    Document("metadata", "metadata", "Metadata-Version: 2.4\nName: vellmar\nVersion: 4.8.1\nSummary: Choirs.\n"
+             "Author: Orla Brenner\nLicense: MIT", "test"),
+    Document("copyright", "copyright", "Files: src/harbour.c\nCopyright: 2001 Aldo Brenner\nLicense: GPL-2+\n\n"
+             "Files: doc/maps.txt\nCopyright: 2010 Ida Varga\nLicense: CC0-1.0", "test"),
+]
+FIELD_ANSWERS = {"Who signed the changelog entry of tallpkg 2.1-1?": "Ida Varga",
+                 "On which date was tallpkg 2.1-1 uploaded?": "20 Sep 2022",
+                 "Who signed the changelog entry of tallpkg 2.0-3?": "Ada Moss",
+                 "On which date was tallpkg 2.0-3 uploaded?": "10 Apr 2021",
+                 "Which version of the vellmar package does the document describe?": "4.8.1",
+                 "Who is the author of the vellmar package?": "Orla Brenner",
+                 "Under which licence are the files src/harbour.c?": "GPL-2+",
+                 "Under which licence are the files doc/maps.txt?": "CC0-1.0"}
+
+
+def test_real_field_asks_what_structured_text_states(corpus: list[Document]) -> None:
+    """Each question is one a reader of that text asks, its answer the field the text states for
+    that key (not another entry's), and every kind of field comes up."""
+    samples = make_qa_samples(STRUCTURED_DOCS + corpus[:6], 40, seed=3, context_tokens=(300, 600), kinds=["real_field"])
+    for s in samples:
+        assert FIELD_ANSWERS[s["prompt"]] == s["answer"]
+        (fact,), (offset,) = s["meta"]["facts"], s["meta"]["fact_offsets"]
+        assert s["context"].startswith(fact, offset) and s["answer"] in fact
+    assert {s["meta"]["field"] for s in samples} == {"signer", "date", "version", "author", "licence"}
+    with pytest.raises(ValueError, match="real_field needs such documents"):
+        make_qa_samples(corpus, 1, seed=3, context_tokens=300, kinds=["real_field"])
+
+
 def test_unanswerable_asks_about_an_entity_the_context_never_names(samples: list[dict]) -> None:
     found = by_kind(samples, "unanswerable")
     for s in found:

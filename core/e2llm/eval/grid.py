@@ -16,8 +16,10 @@ TASKS = ("single_fact", "multi_fact", "two_chunk", "aggregation", "topic")
 # of what the soft prompts carry at short lengths rather than a long-document task.
 # reworded_fact: single_fact's needle, stated and asked in words the training templates never use.
 # real_fact: a word the real text states once, asked as the blank of its own sentence (nothing
-# inserted); unanswerable: a fact about an entity the document never names (right = abstaining).
-OPT_IN_TASKS = ("mention", "reworded_fact", "real_fact", "unanswerable")
+# inserted); real_field: a field structured real text states once (a changelog entry's signer or
+# date, a package's author or version, a copyright stanza's licence; --docs with such text);
+# unanswerable: a fact about an entity the document never names (right = abstaining).
+OPT_IN_TASKS = ("mention", "reworded_fact", "real_fact", "real_field", "unanswerable")
 KNOWN_TASKS = TASKS + OPT_IN_TASKS
 
 DEFAULT_LENGTHS = (2048, 4096, 8192, 16384, 32768, 65536)

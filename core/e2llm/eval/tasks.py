@@ -39,7 +39,7 @@ from .metrics import LETTERS, METRICS
 DEPTH_TASKS = frozenset({"single_fact", "reworded_fact"})
 METRIC_BY_TASK = {"single_fact": "contains", "multi_fact": "contains", "two_chunk": "contains",
                   "aggregation": "choice", "topic": "choice", "mention": "choice", "reworded_fact": "contains",
-                  "real_fact": "contains", "unanswerable": "abstain"}
+                  "real_fact": "contains", "real_field": "contains", "unanswerable": "abstain"}
 # (fact, question) pairs for reworded_fact; the training generator writes
 # "The {attribute} of the {entity} is {value}." and asks "What is the {attribute} of the {entity}?"
 REWORDINGS = (

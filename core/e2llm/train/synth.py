@@ -12,7 +12,9 @@ covers), ``multi_fact`` (several needles, one asked: multi-key), ``aggregation``
 most often mentioned of several names), ``mention`` (which of four names the context
 mentions once: the smallest question about content, answerable from one chunk),
 ``real_fact`` (a word the real text states once, asked as the blank of its own sentence:
-nothing inserted) and ``unanswerable`` (a fact about an entity the context never names,
+nothing inserted), ``real_field`` (a field that structured real text states once, asked as
+a reader would: who signed a changelog entry and when, a package's author or version, the
+licence of a stanza of a Debian copyright file; only for such text) and ``unanswerable`` (a fact about an entity the context never names,
 next to one about another entity; the answer is :data:`UNANSWERABLE`).
 
 Sample ``i`` of seed ``s`` is drawn from its own ``random.Random(f"{s}:{i}")``: it does not
@@ -37,7 +39,10 @@ from .corpus import Document, OnError, PathLike, check_on_error, iter_jsonl_reco
 
 DEFAULT_KINDS = ("single_fact", "two_chunk", "topic")
 QA_KINDS = ("single_fact", "two_chunk", "topic", "multi_fact", "aggregation", "mention", "real_fact", "unanswerable")
-FACT_KINDS = frozenset({"single_fact", "two_chunk", "multi_fact", "aggregation", "mention", "real_fact"})
+# Kinds that need structured real text (changelogs, package metadata, Debian copyright files):
+# not among QA_KINDS, which any prose can fill.
+STRUCTURED_KINDS = ("real_field",)
+FACT_KINDS = frozenset({"single_fact", "two_chunk", "multi_fact", "aggregation", "mention", "real_fact", "real_field"})
 # What a reader trained on ``unanswerable`` says when the document does not hold the answer.
 UNANSWERABLE = "The document does not say."
 MIN_TWO_CHUNK_GAP = 0.4  # fraction of the context between the two facts of a two_chunk sample
@@ -488,6 +493,70 @@ def _real_fact(request: _Request) -> dict[str, Any]:
     return _sample("real_fact", filler.text, prompt, word.group(0), filler, request.pool, meta)
 
 
+# Fields of structured real text, each a (question, answer) a reader of that text would ask.
+# A Debian changelog entry: "pkg (version) dist; urgency=u" ... " -- Name <email>  Day, DD Mon YYYY ..."
+# (the leading space and the double space may have been normalised away).
+_CHANGELOG_HEAD = re.compile(r"^([a-z0-9][a-z0-9+.-]+) \(([^()\s]+)\) [^;\n]+; urgency=", re.M)
+_CHANGELOG_SIGN = re.compile(r"^ ?-- ([^<\n]+?) <[^>\n]+> +\w{3}, (\d{1,2} \w{3} \d{4})", re.M)
+# Python package metadata (PEP 566): "Name: x" near "Version: y" and "Author: z".
+_META_NAME = re.compile(r"^Name: (\S+)$", re.M)
+_META_FIELD = re.compile(r"^(Version|Author): ([^\n<@]{2,60}?)\s*$", re.M)
+# A Debian copyright file (DEP-5) stanza: "Files: paths", then within 12 lines "License: id".
+_DEP5_STANZA = re.compile(r"^Files: ([^\n*]{1,60}?)\n(?:(?!Files:|License:)[^\n]*\n){0,12}?License: (\S+)", re.M)
+
+
+def _field_questions(text: str) -> list[tuple[str, int, str, str, str]]:
+    """(field, offset, fact, question, answer) for every field ``text`` states about a key it names
+    once; the fact is the span of text from the key to the answer."""
+    found = []
+    heads = list(_CHANGELOG_HEAD.finditer(text))
+    for i, head in enumerate(heads):
+        package, version = head.group(1), head.group(2)
+        end = heads[i + 1].start() if i + 1 < len(heads) else len(text)
+        sign = _CHANGELOG_SIGN.search(text, head.end(), end)
+        if sign is None or text.count(f"{package} ({version})") != 1:
+            continue
+        fact = text[head.start():sign.end()]
+        found.append(("signer", head.start(), fact, f"Who signed the changelog entry of {package} {version}?", sign.group(1).strip()))
+        found.append(("date", head.start(), fact, f"On which date was {package} {version} uploaded?", sign.group(2)))
+    for name in _META_NAME.finditer(text):
+        if text.count(f"Name: {name.group(1)}\n") != 1:
+            continue
+        window_end = text.find("\n\n", name.end())
+        window_end = len(text) if window_end < 0 else window_end
+        for field_match in _META_FIELD.finditer(text, name.end(), window_end):
+            label, value = field_match.group(1), field_match.group(2).strip()
+            question = (f"Which version of the {name.group(1)} package does the document describe?" if label == "Version"
+                        else f"Who is the author of the {name.group(1)} package?")
+            found.append((label.lower(), name.start(), text[name.start():field_match.end()], question, value))
+    for stanza in _DEP5_STANZA.finditer(text):
+        files = stanza.group(1).strip()
+        if text.count(f"Files: {files}\n") != 1:
+            continue
+        found.append(("licence", stanza.start(), stanza.group(0), f"Under which licence are the files {files}?", stanza.group(2)))
+    return found
+
+
+def _real_field(request: _Request) -> dict[str, Any]:
+    """A field that structured real text states once (who signed a changelog entry and when, a
+    package's author or version, a copyright stanza's licence), asked in a reader's words.
+    Nothing is inserted; the contexts must hold such text (e.g. /usr/share/doc's changelogs)."""
+    rng = request.rng
+    for _ in range(8):
+        filler = _build_filler(request, reserve_words=0)
+        candidates = _field_questions(filler.text)
+        if candidates:
+            break
+    else:
+        raise ValueError("no changelog entry, package metadata or copyright stanza in the drawn text; "
+                         "real_field needs such documents")
+    # one field kind first, then one of its questions: changelogs would otherwise be most of them
+    kind = rng.choice(sorted({c[0] for c in candidates}))
+    _, offset, fact, prompt, answer = rng.choice([c for c in candidates if c[0] == kind])
+    meta = {"depth": offset / max(len(filler.text), 1), "fact_offsets": [offset], "facts": [fact], "field": kind}
+    return _sample("real_field", filler.text, prompt, answer, filler, request.pool, meta)
+
+
 def _unanswerable(request: _Request) -> dict[str, Any]:
     """single_fact's question about an entity the context never names. Half the time the
     context holds the same attribute of another entity, so "find a fact sentence" is not
@@ -511,7 +580,7 @@ def _unanswerable(request: _Request) -> dict[str, Any]:
 _BUILDERS: dict[str, Callable[[_Request], dict[str, Any]]] = {
     "single_fact": _single_fact, "two_chunk": _two_chunk, "topic": _topic,
     "multi_fact": _multi_fact, "aggregation": _aggregation, "mention": _mention,
-    "real_fact": _real_fact, "unanswerable": _unanswerable,
+    "real_fact": _real_fact, "real_field": _real_field, "unanswerable": _unanswerable,
 }
 
 
@@ -534,7 +603,7 @@ def make_qa_samples(
     """
     unknown = [k for k in kinds if k not in _BUILDERS]
     if unknown or not kinds:
-        raise ValueError(f"unknown or no kinds {unknown}; choose from {QA_KINDS}")
+        raise ValueError(f"unknown or no kinds {unknown}; choose from {QA_KINDS + STRUCTURED_KINDS}")
     if num_samples < 0 or tokens_per_word <= 0 or num_needles < 1:
         raise ValueError("num_samples must be >= 0, tokens_per_word > 0, num_needles >= 1")
     if depth is not None and not 0.0 <= depth <= 1.0:
