@@ -30,6 +30,7 @@ from e2llm.train.synth import (
     MIN_TWO_CHUNK_GAP,
     QA_KINDS,
     UNANSWERABLE,
+    _date_spellings,
     _insert_sentences,
     make_qa_samples,
     make_reconstruction_texts,
@@ -240,6 +241,14 @@ def test_real_field_asks_what_structured_text_states(corpus: list[Document]) -> 
         (fact,), (offset,) = s["meta"]["facts"], s["meta"]["fact_offsets"]
         assert s["context"].startswith(fact, offset) and s["answer"] in fact
     assert {s["meta"]["field"] for s in samples} == {"signer", "date", "version", "author", "licence"}
+    dates = [s for s in samples if s["meta"]["field"] == "date"]
+    assert all(s["meta"]["aliases"] for s in dates) and not any(s["meta"]["aliases"] for s in samples if s not in dates)
+    from e2llm.eval.tasks import synthetic_items  # the evaluation accepts every spelling of a date
+
+    items, _ = synthetic_items(["real_field"], [400], [0.5], 12, docs=STRUCTURED_DOCS + corpus[:6])
+    assert {len(i.answers) for i in items if " date " in i.question} == {5}  # "20 Sep 2022" and 4 more
+    assert {len(i.answers) for i in items if " date " not in i.question} == {1}
+    assert _date_spellings("01 Jan 2026") == ["1 Jan 2026", "1 January 2026", "2026-01-01", "Jan 1, 2026", "January 1, 2026"]
     with pytest.raises(ValueError, match="real_field needs such documents"):
         make_qa_samples(corpus, 1, seed=3, context_tokens=300, kinds=["real_field"])
 

@@ -129,7 +129,8 @@ def _item_from_sample(task: str, length: int, item_id: str, sample: dict) -> Eva
     if choices is not None:
         answer_index = choices.index(sample["answer"])
     keep = {k: meta[k] for k in ("doc_ids", "num_words", "seed", "index") if k in meta}
-    return EvalItem(task, length, item_id, sample["context"], sample["prompt"], [sample["answer"]],
+    answers = [sample["answer"], *meta.get("aliases", ())]  # real_field's dates, also in other spellings
+    return EvalItem(task, length, item_id, sample["context"], sample["prompt"], answers,
                     METRIC_BY_TASK[task], choices, answer_index, False, meta.get("depth"), "synthetic", keep,
                     SYNTHETIC_STOP)
 

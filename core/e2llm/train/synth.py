@@ -23,6 +23,7 @@ passed in, so a document-level train/validation split gives held-out contexts.
 """
 from __future__ import annotations
 
+import datetime
 import itertools
 import json
 import os
@@ -537,6 +538,19 @@ def _field_questions(text: str) -> list[tuple[str, int, str, str, str]]:
     return found
 
 
+def _date_spellings(date: str) -> list[str]:
+    """The other ways a reader writes the changelog's "19 Jan 2021": 2021-01-19, 19 January 2021,
+    January 19, 2021, Jan 19, 2021 (and without a leading zero); a right answer in another
+    spelling is still right."""
+    try:
+        day = datetime.datetime.strptime(date, "%d %b %Y")
+    except ValueError:
+        return []
+    spellings = {f"{day:%Y-%m-%d}", f"{day.day} {day:%B %Y}", f"{day:%B} {day.day}, {day.year}",
+                 f"{day.day} {day:%b %Y}", f"{day:%b} {day.day}, {day.year}"}
+    return sorted(spellings - {date})
+
+
 def _real_field(request: _Request) -> dict[str, Any]:
     """A field that structured real text states once (who signed a changelog entry and when, a
     package's author or version, a copyright stanza's licence), asked in a reader's words.
@@ -553,7 +567,8 @@ def _real_field(request: _Request) -> dict[str, Any]:
     # one field kind first, then one of its questions: changelogs would otherwise be most of them
     kind = rng.choice(sorted({c[0] for c in candidates}))
     _, offset, fact, prompt, answer = rng.choice([c for c in candidates if c[0] == kind])
-    meta = {"depth": offset / max(len(filler.text), 1), "fact_offsets": [offset], "facts": [fact], "field": kind}
+    meta = {"depth": offset / max(len(filler.text), 1), "fact_offsets": [offset], "facts": [fact], "field": kind,
+            "aliases": _date_spellings(answer) if kind == "date" else []}
     return _sample("real_field", filler.text, prompt, answer, filler, request.pool, meta)
 
 
