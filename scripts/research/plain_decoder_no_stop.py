@@ -8,8 +8,8 @@ import sys
 
 from e2llm import E2LLM
 from e2llm.eval.metrics import contains_answer
-from e2llm.lora_switch import decoder_lora
 from e2llm.eval.tasks import SYNTHETIC_STOP, load_run, run_items
+from e2llm.lora_switch import decoder_lora
 
 run_dir, length = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 512
 engine = E2LLM.from_pretrained("default")

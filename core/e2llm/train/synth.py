@@ -14,8 +14,9 @@ mentions once: the smallest question about content, answerable from one chunk),
 ``real_fact`` (a word the real text states once, asked as the blank of its own sentence:
 nothing inserted), ``real_field`` (a field that structured real text states once, asked as
 a reader would: who signed a changelog entry and when, a package's author or version, the
-licence of a stanza of a Debian copyright file; only for such text) and ``unanswerable`` (a fact about an entity the context never names,
-next to one about another entity; the answer is :data:`UNANSWERABLE`).
+licence of a stanza of a Debian copyright file; only for such text) and ``unanswerable`` (a
+fact about an entity the context never names, next to one about another entity; the answer
+is :data:`UNANSWERABLE`).
 
 Sample ``i`` of seed ``s`` is drawn from its own ``random.Random(f"{s}:{i}")``: it does not
 depend on ``num_samples`` and never on the global RNG. Contexts use only the documents
@@ -464,30 +465,40 @@ _NOT_PROSE = re.compile(r"[<>@|{}=\\]")
 _CLOZE_WORD = re.compile(r"(?<![\w./-])(?:\d[\d,.]*\d|\d{2,}|[A-Z][a-z]{2,}\w*|[a-z]{8,})(?![\w/-])")
 
 
+def _filler_holding(request: _Request, find: Callable[[str], list], error: str) -> tuple[_Filler, list]:
+    """A filler in which ``find`` finds something to ask, and what it found: a filler of tables
+    or code may hold nothing askable, so up to 8 are drawn before ``error`` is raised."""
+    for _ in range(8):
+        filler = _build_filler(request, reserve_words=0)
+        candidates = find(filler.text)
+        if candidates:
+            return filler, candidates
+    raise ValueError(error)
+
+
+def _cloze_candidates(text: str) -> list[tuple[int, str, re.Match]]:
+    """(offset, sentence, word) for every word of a prose sentence that ``text`` states once."""
+    haystack, candidates = text.lower(), []
+    for m in _SENTENCE.finditer(text):
+        sentence = m.group(0)
+        words = sentence.split()
+        # prose, not an address line, a table row or code: mostly words of letters
+        if not 8 <= len(words) <= 40 or _NOT_PROSE.search(sentence) or \
+                sum(w.strip(".,;:!?()\"'").isalpha() for w in words) < 2 * len(words) / 3:
+            continue
+        for w in _CLOZE_WORD.finditer(sentence, 1):
+            if _mentions(haystack, w.group(0)) == 1:
+                candidates.append((m.start(), sentence, w))
+    return candidates
+
+
 def _real_fact(request: _Request) -> dict[str, Any]:
     """A word the real text states exactly once (a number, a name or a long word, not the
     sentence's first), asked as the blank of its own sentence. Nothing is inserted: the fact
     is the text's, in its words; only the question's frame is fixed."""
-    rng = request.rng
-    for _ in range(8):  # a filler of tables or code may have no askable sentence: draw another
-        filler = _build_filler(request, reserve_words=0)
-        haystack = filler.text.lower()
-        candidates = []
-        for m in _SENTENCE.finditer(filler.text):
-            sentence = m.group(0)
-            words = sentence.split()
-            # prose, not an address line, a table row or code: mostly words of letters
-            if not 8 <= len(words) <= 40 or _NOT_PROSE.search(sentence) or \
-                    sum(w.strip(".,;:!?()\"'").isalpha() for w in words) < 2 * len(words) / 3:
-                continue
-            for w in _CLOZE_WORD.finditer(sentence, 1):
-                if _mentions(haystack, w.group(0)) == 1:
-                    candidates.append((m.start(), sentence, w))
-        if candidates:
-            break
-    else:
-        raise ValueError("no sentence in the drawn text states a word only once; pass documents with prose")
-    offset, sentence, word = rng.choice(candidates)
+    filler, candidates = _filler_holding(request, _cloze_candidates,
+                                         "no sentence in the drawn text states a word only once; pass documents with prose")
+    offset, sentence, word = request.rng.choice(candidates)
     cloze = " ".join(f"{sentence[:word.start()]}___{sentence[word.end():]}".split())
     prompt = f'Which word is missing from this sentence of the document: "{cloze}"?'
     meta = {"depth": offset / max(len(filler.text), 1), "fact_offsets": [offset], "facts": [sentence]}
@@ -556,14 +567,9 @@ def _real_field(request: _Request) -> dict[str, Any]:
     package's author or version, a copyright stanza's licence), asked in a reader's words.
     Nothing is inserted; the contexts must hold such text (e.g. /usr/share/doc's changelogs)."""
     rng = request.rng
-    for _ in range(8):
-        filler = _build_filler(request, reserve_words=0)
-        candidates = _field_questions(filler.text)
-        if candidates:
-            break
-    else:
-        raise ValueError("no changelog entry, package metadata or copyright stanza in the drawn text; "
-                         "real_field needs such documents")
+    filler, candidates = _filler_holding(request, _field_questions,
+                                         "no changelog entry, package metadata or copyright stanza in the drawn text; "
+                                         "real_field needs such documents")
     # one field kind first, then one of its questions: changelogs would otherwise be most of them
     kind = rng.choice(sorted({c[0] for c in candidates}))
     _, offset, fact, prompt, answer = rng.choice([c for c in candidates if c[0] == kind])
