@@ -76,3 +76,14 @@ def test_continuation_fraction_and_window_sizes(tmp_path):
     lengths = sorted(len(s.answer.split()) for s in recon)
     assert lengths[0] <= 25 and lengths[-1] >= 80
     assert all(s.prompt == "Repeat." for s in data.recon_val)  # validation measures reconstruction only
+
+
+def test_describe_says_the_micro_batch_size_the_step_really_uses():
+    """The start line's micro-batch size is what memory depends on (batch_size counts each
+    objective: 8 + 8 samples at grad_accum 2 are micro-batches of 8, not 4)."""
+    counts = [1, 4, 2, 1, 3, 4, 2, 1, 3, 2]
+    for grad_accum, separate in ((2, True), (4, True), (2, False), (8, True)):
+        b = StepBatches(_recon_tok(counts), _recon_tok(counts), 8, grad_accum, 0, 1.0, 0, separate, 0, 1, 0, 0)
+        most = max(len(part) for part in b.micro_batches(b.step_rows(3)))
+        assert f"8 reconstruction + 8 QA samples, micro-batches of up to {most} " in b.describe()
+    assert "micro-batches of up to 8 " in StepBatches(_recon_tok(counts), _empty(), 8, 1, 0, 1.0, None, True, 0, 1, 0, 0).describe()
