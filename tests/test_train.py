@@ -356,8 +356,13 @@ def test_two_processes_follow_the_single_process_curve(tiny_backbones, tmp_path,
     for (_, ra, rb), (_, ka, kb) in zip(a, b):
         assert ka == pytest.approx(ra, rel=1e-3) and kb == pytest.approx(rb, rel=1e-3)
     ref, got = E2LLM.from_pretrained(final).trained_state_dict(), E2LLM.from_pretrained(tmp_path / "two" / "model").trained_state_dict()
-    # per tensor, against its scale: Adam turns the float noise of a ~zero gradient (the key
-    # projection's bias shifts every attention logit alike) into 1e-4-sized steps
+    # The key half of the pooling's kv bias shifts every attention logit of a query alike: its exact
+    # gradient is zero, and Adam turns the float noise there into lr-sized steps that differ with
+    # the reduction order (threads, processes; 1.1e-3 of its scale once with one OpenMP thread)
+    # and change no output. Compare its value half only; every other tensor against its scale.
+    for k in [k for k in ref if k.endswith("kv_proj.bias")]:
+        half = ref[k].shape[0] // 2
+        ref[k], got[k] = ref[k][half:], got[k][half:]
     off = {k: float((got[k] - ref[k]).abs().max() / ref[k].abs().max()) for k in ref}
     assert max(off.values()) < 1e-3, sorted(off.items(), key=lambda kv: -kv[1])[:3]
 

@@ -282,7 +282,8 @@ class StepBatches(torch.utils.data.Dataset):
                     self.batch_size if self.reason_from_step is not None and len(self.reason) else 0]
         micro = math.ceil(sum(per_kind) / self.grad_accum)
         most = max(min(n, micro) for n in per_kind) if self.separate_kinds else micro
-        return (f"a step: {per_kind[0]} reconstruction + {per_kind[1]} QA samples, micro-batches of up to {most} "
+        most = math.ceil(most / self.world)  # each process takes its share of a micro-batch
+        return (f"a step: {per_kind[0]} reconstruction + {per_kind[1]} QA samples, micro-batches of up to {most} a process "
                 f"(optim.grad_accum {self.grad_accum}: raise it if a step runs out of memory)")
 
     def _tok(self, kind: int) -> Tokenized:
