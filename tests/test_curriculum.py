@@ -85,8 +85,8 @@ def test_describe_says_the_micro_batch_size_the_step_really_uses():
     for grad_accum, separate in ((2, True), (4, True), (2, False), (8, True)):
         b = StepBatches(_recon_tok(counts), _recon_tok(counts), 8, grad_accum, 0, 1.0, 0, separate, 0, 1, 0, 0)
         most = max(len(part) for part in b.micro_batches(b.step_rows(3)))
-        assert f"8 reconstruction + 8 QA samples, micro-batches of up to {most} a process" in b.describe()
-    assert "micro-batches of up to 8 a process" in StepBatches(_recon_tok(counts), _empty(), 8, 1, 0, 1.0, None, True, 0, 1, 0, 0).describe()
+        assert f"8 reconstruction + 8 QA samples, micro-batches of up to {most} a process" in b.describe(3)
+    assert "micro-batches of up to 8 a process" in StepBatches(_recon_tok(counts), _empty(), 8, 1, 0, 1.0, None, True, 0, 1, 0, 0).describe(3)
     two = StepBatches(_recon_tok(counts), _recon_tok(counts), 8, 2, 0, 1.0, 0, True, 1, 2, 0, 0)  # rank 1 of 2
-    assert "micro-batches of up to 4 a process" in two.describe()
+    assert "micro-batches of up to 4 a process" in two.describe(3)
     assert max(len(part["weight"]) for part in two[3] if part is not None) == 4

@@ -274,14 +274,13 @@ class StepBatches(torch.utils.data.Dataset):
             groups = [sorted(range(len(rows)), key=length)]
         return [g[i:i + micro] for g in groups for i in range(0, len(g), micro)]
 
-    def describe(self) -> str:
-        """How a step is split, for the run's first lines: the micro-batch size sets the memory a
+    def describe(self, step: int) -> str:
+        """How ``step`` is split, for the run's first lines: the micro-batch size sets the memory a
         step needs, and batch_size / grad_accum do not say it alone (batch_size counts each
-        objective, and separate kinds split on their own)."""
-        per_kind = [self.batch_size if len(self.recon) else 0,
-                    self.batch_size if self.reason_from_step is not None and len(self.reason) else 0]
-        micro = math.ceil(sum(per_kind) / self.grad_accum)
-        most = max(min(n, micro) for n in per_kind) if self.separate_kinds else micro
+        objective, and separate kinds split on their own). Read off the split itself."""
+        rows = self.step_rows(step)
+        per_kind = [sum(kind == k for kind, _ in rows) for k in (0, 1)]
+        most = max((len(part) for part in self.micro_batches(rows)), default=0)
         most = math.ceil(most / self.world)  # each process takes its share of a micro-batch
         return (f"a step: {per_kind[0]} reconstruction + {per_kind[1]} QA samples, micro-batches of up to {most} a process "
                 f"(optim.grad_accum {self.grad_accum}: raise it if a step runs out of memory)")

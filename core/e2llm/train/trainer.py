@@ -499,7 +499,7 @@ class Trainer:
         if self.rank == 0:
             print(f"e2llm train: {self.data.describe()}; {sum(p.numel() for g in self.groups for p in g['params']):,} "
                   f"trainable parameters; {self.world} process(es) on {self.device}; steps {start}..{o.max_steps}")
-            print(f"e2llm train: {self.batches.describe()}")
+            print(f"e2llm train: {self.batches.describe(start)}")
         bf16 = self.autocast is not contextlib.nullcontext or o.backbone_dtype == "bfloat16"  # the products' dtype
         meter = StepMeter(self.engine, self.batches, start, self.world, torch.bfloat16 if bf16 else torch.float32)
         if self.rank == 0:
